@@ -1,0 +1,17 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+
+.PHONY: install demo test bench
+
+install:
+	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
+
+demo: install
+	$(PYTHON) -m matchmill run configs/demo.yaml
+
+test: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PYTHON) benchmarks/pipeline_overhead.py

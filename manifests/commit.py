@@ -1,0 +1,138 @@
+"""Stage directories, part files and the commit marker.
+
+Layout of one stage under a run URL::
+
+    <run>/<stage>/_STARTED.json      config hash of the attempt in progress (written first)
+    <run>/<stage>/part-<id>.parquet  complete part files, each published atomically
+    <run>/<stage>/_COMMITTED.json    written last: config hash, schema version, rows, code version
+
+A reader trusts a stage only when ``_COMMITTED.json`` exists and its config hash matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+from .schemas import SCHEMA_VERSION
+from .storage import (
+    ManifestError,
+    exists,
+    join,
+    list_files,
+    read_bytes,
+    read_manifest,
+    remove_tree,
+    write_bytes_atomic,
+)
+
+COMMIT_MARKER = "_COMMITTED.json"
+START_MARKER = "_STARTED.json"
+
+
+def code_version() -> str:
+    from matchmill import __version__
+
+    return __version__
+
+
+@dataclass
+class CommitInfo:
+    """What a committed stage promises about its content."""
+
+    stage: str
+    manifest: str
+    config_hash: str
+    rows: int
+    failed: int
+    schema_version: int = SCHEMA_VERSION
+    code_version: str = field(default_factory=code_version)
+    seconds: float = 0.0
+    committed_at: float = field(default_factory=time.time)
+    extra: dict = field(default_factory=dict)
+
+
+def stage_url(run_url: str, stage: str) -> str:
+    return join(run_url, stage)
+
+
+def read_commit(run_url: str, stage: str) -> CommitInfo | None:
+    url = join(stage_url(run_url, stage), COMMIT_MARKER)
+    if not exists(url):
+        return None
+    try:
+        data = json.loads(read_bytes(url))
+        return CommitInfo(**data)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ManifestError(f"{url}: corrupt commit marker ({exc})") from exc
+
+
+def write_commit(run_url: str, info: CommitInfo) -> None:
+    url = join(stage_url(run_url, info.stage), COMMIT_MARKER)
+    write_bytes_atomic(url, json.dumps(asdict(info), indent=2, sort_keys=True).encode())
+
+
+def read_started(run_url: str, stage: str) -> str | None:
+    """Config hash of an attempt that started this stage, or None."""
+    url = join(stage_url(run_url, stage), START_MARKER)
+    if not exists(url):
+        return None
+    try:
+        return json.loads(read_bytes(url))["config_hash"]
+    except (json.JSONDecodeError, KeyError):
+        return None
+
+
+def write_started(run_url: str, stage: str, config_hash: str) -> None:
+    url = join(stage_url(run_url, stage), START_MARKER)
+    payload = {"stage": stage, "config_hash": config_hash, "started_at": time.time()}
+    write_bytes_atomic(url, json.dumps(payload).encode())
+
+
+def reset_stage(run_url: str, stage: str) -> None:
+    """Remove a stage's parts and markers (its config changed, so its rows are stale)."""
+    remove_tree(stage_url(run_url, stage))
+
+
+def part_files(run_url: str, stage: str) -> list[str]:
+    return list_files(stage_url(run_url, stage))
+
+
+def part_name(keys: list[str]) -> str:
+    """Deterministic part file name from the keys it holds (a retried batch overwrites itself)."""
+    digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
+def read_stage(run_url: str, stage: str, manifest: str, columns: list[str] | None = None) -> pa.Table:
+    """Concatenate all part files of a stage (validated)."""
+    from .schemas import MANIFESTS
+
+    schema = MANIFESTS[manifest][0]
+    tables = [read_manifest(url, manifest, columns) for url in part_files(run_url, stage)]
+    if not tables:
+        empty = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+        return empty.empty_table()
+    return pa.concat_tables(tables)
+
+
+def committed_keys(run_url: str, stage: str, manifest: str, key: str) -> tuple[set[str], list[str]]:
+    """Keys already written by complete parts, and the URLs of parts that were unreadable.
+
+    Unreadable parts (a crash mid-write on a store without atomic rename) are reported so that
+    the caller can delete them and redo their keys.
+    """
+    done: set[str] = set()
+    broken: list[str] = []
+    for url in part_files(run_url, stage):
+        try:
+            table = read_manifest(url, manifest, columns=[key])
+        except ManifestError:
+            broken.append(url)
+            continue
+        done.update(table.column(key).to_pylist())
+    return done, broken

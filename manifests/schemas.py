@@ -1,0 +1,146 @@
+"""Versioned pyarrow schemas of every manifest in a run.
+
+One schema per stage output. Per-pair manifests carry the pair columns forward (``PAIR_FIELDS``)
+so that each row is self-contained: a verify actor needs no join to find the ground truth.
+
+Conventions shared by all manifests:
+- ``status`` is ``"ok"`` or ``"failed"``; a failed row keeps its key and says why in ``error``.
+- Pixel coordinates are in the *original* image frame (before any resize), x right, y down,
+  pixel centres at integer coordinates (OpenCV convention).
+- Small per-pair arrays are flat ``list<float32>`` columns with a documented row length
+  (``matches``: N*4 as x0, y0, x1, y1); large tensors are artifacts referenced by URI.
+- Matrices are row-major flat ``list<float64>``: K 9 values, T_0to1 16, H_0to1 9.
+  ``T_0to1`` maps camera-0 coordinates to camera-1 coordinates (x1 = R x0 + t);
+  ``H_0to1`` maps pixels of image 0 to image 1 (x1 ~ H x0).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Bump when any schema below changes incompatibly; stored in every commit marker.
+SCHEMA_VERSION = 1
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+_f64_list = pa.list_(pa.float64())
+_f32_list = pa.list_(pa.float32())
+
+STATUS_FIELDS = [
+    pa.field("status", pa.string(), nullable=False),  # "ok" | "failed"
+    pa.field("error", pa.string()),  # why the row failed, null when ok
+]
+
+PAIR_FIELDS = [
+    pa.field("pair_id", pa.string(), nullable=False),  # stable key: "<image0>|<image1>"
+    pa.field("scene", pa.string()),  # scene / sequence name
+    pa.field("image0", pa.string(), nullable=False),  # image_id of the first image
+    pa.field("image1", pa.string(), nullable=False),  # image_id of the second image
+    pa.field("path0", pa.string(), nullable=False),  # readable path or URL of image0
+    pa.field("path1", pa.string(), nullable=False),
+    pa.field("K0", _f64_list),  # 3x3 intrinsics of image0 (original pixels), null if unknown
+    pa.field("K1", _f64_list),
+    pa.field("T_0to1", _f64_list),  # 4x4 relative pose cam0 -> cam1, null if unknown
+    pa.field("H_0to1", _f64_list),  # 3x3 homography image0 -> image1, null if unknown
+    pa.field("overlap", pa.float64()),  # covisibility score used for selection, null if n/a
+    pa.field("crop0", pa.list_(pa.int32())),  # [w, h] valid region (crop at right/bottom)
+    pa.field("crop1", pa.list_(pa.int32())),
+]
+
+PAIRS = pa.schema(PAIR_FIELDS + STATUS_FIELDS, metadata={"manifest": "pairs"})
+
+IMAGES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),  # stable key, unique per image
+        pa.field("scene", pa.string()),
+        pa.field("path", pa.string(), nullable=False),  # readable path or URL
+        pa.field("crop", pa.list_(pa.int32())),  # [w, h] valid region, null = whole image
+    ]
+    + STATUS_FIELDS,
+    metadata={"manifest": "images"},
+)
+
+FEATURES = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),  # extractor name, e.g. "sift"
+        pa.field("width", pa.int32()),  # original image width (pixels)
+        pa.field("height", pa.int32()),  # original image height
+        pa.field("num_keypoints", pa.int32()),  # 0 for purely dense methods
+        pa.field("artifact_uri", pa.string()),  # safetensors file with the tensors
+        pa.field("seconds", pa.float64()),  # compute time of the extractor call
+    ]
+    + STATUS_FIELDS,
+    metadata={"manifest": "features"},
+)
+
+_MATCH_FIELDS = [
+    pa.field("num_matches", pa.int32()),
+    pa.field("matches", _f32_list),  # N*4 flat: x0, y0, x1, y1 (original pixels)
+    pa.field("scores", _f32_list),  # N match scores / confidences
+]
+
+PROPOSALS = pa.schema(
+    PAIR_FIELDS
+    + _MATCH_FIELDS
+    + [pa.field("seconds", pa.float64())]
+    + STATUS_FIELDS,
+    metadata={"manifest": "proposals"},
+)
+
+MATCHES = pa.schema(
+    PAIR_FIELDS
+    + _MATCH_FIELDS
+    + [pa.field("seconds", pa.float64())]
+    + STATUS_FIELDS,
+    metadata={"manifest": "matches"},
+)
+
+VERIFIED = pa.schema(
+    PAIR_FIELDS
+    + _MATCH_FIELDS
+    + [
+        pa.field("model", pa.string()),  # "homography" | "fundamental"
+        pa.field("num_inliers", pa.int32()),
+        pa.field("inliers", pa.list_(pa.bool_())),  # N flags, aligned with matches
+        pa.field("H_est", _f64_list),  # 3x3 estimated homography, null if not estimated
+        pa.field("F_est", _f64_list),  # 3x3 estimated fundamental matrix, null if n/a
+        pa.field("R_err", pa.float64()),  # degrees, from OpenCV essential (null w/o pose GT)
+        pa.field("t_err", pa.float64()),  # degrees, min(e, 180 - e)
+        pa.field("pose_error", pa.float64()),  # max(R_err, t_err); inf when estimation failed
+        pa.field("R_err_fdegensac", pa.float64()),  # same from pydegensac F -> E
+        pa.field("t_err_fdegensac", pa.float64()),
+        pa.field("pose_error_fdegensac", pa.float64()),
+        pa.field("corner_error", pa.float64()),  # px, mean over image-0 corners; inf if failed
+        pa.field("mma", _f64_list),  # fraction of matches with reprojection error <= 1..10 px
+        pa.field("seconds", pa.float64()),
+    ]
+    + STATUS_FIELDS,
+    metadata={"manifest": "verified"},
+)
+
+METRICS = pa.schema(
+    [
+        pa.field("metric", pa.string(), nullable=False),  # e.g. "auc@10", "mma@3"
+        pa.field("value", pa.float64()),
+        pa.field("count", pa.int64()),  # pairs that entered the aggregate
+    ],
+    metadata={"manifest": "metrics"},
+)
+
+#: Manifest name -> (schema, key column).
+MANIFESTS: dict[str, tuple[pa.Schema, str]] = {
+    "pairs": (PAIRS, "pair_id"),
+    "images": (IMAGES, "image_id"),
+    "features": (FEATURES, "image_id"),
+    "proposals": (PROPOSALS, "pair_id"),
+    "matches": (MATCHES, "pair_id"),
+    "verified": (VERIFIED, "pair_id"),
+    "metrics": (METRICS, "metric"),
+}
+
+
+def make_pair_id(image0: str, image1: str) -> str:
+    """Stable pair key from two image ids."""
+    return f"{image0}|{image1}"

@@ -1,0 +1,191 @@
+"""Manifest IO over any fsspec URL: validated Parquet reads and atomic writes.
+
+Every write goes through :func:`write_manifest`, which casts to the declared schema (so a
+manifest never drifts) and publishes the file atomically: on local file systems it is written
+under a temporary name and renamed; on object stores a single PUT is already atomic.
+Every read goes through :func:`read_manifest`, which names the file and the column when the
+content does not match the schema.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import uuid
+from typing import Iterable
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schemas import MANIFESTS
+
+
+class ManifestError(ValueError):
+    """A manifest file is unreadable or does not match its schema."""
+
+
+class StorageError(RuntimeError):
+    """A storage URL cannot be used (unreachable, missing bucket, not writable)."""
+
+
+def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Split a URL into an fsspec file system and a path on it."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"storage {url!r}: cannot open ({exc})") from exc
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL components with '/', keeping the protocol prefix intact."""
+    out = url.rstrip("/")
+    for part in parts:
+        out = out + "/" + part.strip("/")
+    return out
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in _protocols(fs) or "local" in _protocols(fs)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Re-attach the protocol to a bare path returned by an fsspec listing."""
+    proto = _protocols(fs)[0]
+    if proto in ("file", "local"):
+        return "file://" + path if path.startswith("/") else path
+    return f"{proto}://{path}"
+
+
+def check_writable(url: str) -> None:
+    """Fail fast, with one clear line, when ``url`` cannot be created and written."""
+    fs, path = url_to_fs(url)
+    probe = posixpath.join(path, f".probe-{uuid.uuid4().hex}")
+    if not is_local(fs) and "memory" not in _protocols(fs):
+        bucket = path.split("/", 1)[0]
+        try:
+            found = fs.exists(bucket)
+        except Exception as exc:  # noqa: BLE001 - network / credential errors
+            raise StorageError(f"storage {url!r} is unreachable: {type(exc).__name__}: {exc}") from exc
+        if not found:
+            raise StorageError(f"storage {url!r} is not writable: bucket {bucket!r} does not exist")
+    try:
+        if is_local(fs) or "memory" in _protocols(fs):
+            fs.makedirs(path, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except Exception as exc:  # noqa: BLE001 - any backend error means "unusable"
+        raise StorageError(f"storage {url!r} is not writable: {type(exc).__name__}: {exc}") from exc
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Publish ``data`` at ``url`` so that readers see either nothing or the whole file."""
+    fs, path = url_to_fs(url)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if is_local(fs):
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    else:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: str = "table") -> pa.Table:
+    """Select and cast ``table``'s columns to ``schema``; name the column that does not fit."""
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            if field.nullable:
+                columns.append(pa.nulls(table.num_rows, type=field.type))
+                continue
+            raise ManifestError(f"{where}: missing required column {field.name!r}")
+        col = table.column(field.name)
+        if not col.type.equals(field.type):
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise ManifestError(
+                    f"{where}: column {field.name!r} has type {col.type}, expected {field.type}: {exc}"
+                ) from exc
+        if not field.nullable and col.null_count:
+            raise ManifestError(f"{where}: column {field.name!r} has {col.null_count} null value(s)")
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def schema_of(manifest: str) -> pa.Schema:
+    try:
+        return MANIFESTS[manifest][0]
+    except KeyError as exc:
+        raise ManifestError(f"unknown manifest {manifest!r}; known: {sorted(MANIFESTS)}") from exc
+
+
+def write_manifest(table: pa.Table, url: str, manifest: str) -> int:
+    """Write ``table`` as one Parquet file at ``url`` after validating it; returns bytes written."""
+    schema = schema_of(manifest)
+    table = conform(table, schema, where=url)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    data = buf.getvalue()
+    write_bytes_atomic(url, data)
+    return len(data)
+
+
+def read_manifest(url: str, manifest: str, columns: Iterable[str] | None = None) -> pa.Table:
+    """Read one Parquet file and check it against the manifest schema."""
+    schema = schema_of(manifest)
+    fs, path = url_to_fs(url)
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{url}: file not found") from exc
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"{url}: not a readable Parquet file ({exc})") from exc
+    table = conform(table, schema, where=url)
+    if columns is not None:
+        table = table.select(list(columns))
+    return table
+
+
+def list_files(url: str, suffix: str = ".parquet") -> list[str]:
+    """Full URLs of the files directly under ``url`` that end with ``suffix``, sorted."""
+    fs, path = url_to_fs(url)
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        base = posixpath.basename(name.rstrip("/"))
+        if base.endswith(suffix) and not base.startswith("."):
+            out.append(full_url(fs, name))
+    return sorted(out)
+
+
+def exists(url: str) -> bool:
+    fs, path = url_to_fs(url)
+    return fs.exists(path)
+
+
+def remove_tree(url: str) -> None:
+    fs, path = url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

@@ -1,0 +1,3 @@
+from matchmill.pipeline.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Command line: ``matchmill run | status | show | demo-data``.
+
+Config and storage problems stop before any work with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from matchmill.manifests.storage import ManifestError, StorageError
+
+from .config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="matchmill", description="Batch image matching on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run or resume a job")
+    run.add_argument("config", help="YAML job file (e.g. configs/demo.yaml)")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. extract.method=sift storage=file:///x")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")
+    run.add_argument("--until", default=None, help="stop after this stage commits (e.g. extract)")
+
+    status = sub.add_parser("status", help="stages of a run: committed or not, rows, failures, metrics")
+    status.add_argument("run_url")
+
+    show = sub.add_parser("show", help="first rows of a stage's manifest")
+    show.add_argument("run_url")
+    show.add_argument("stage")
+    show.add_argument("-n", "--rows", type=int, default=10)
+    show.add_argument("--failed", action="store_true", help="only failed rows")
+
+    demo = sub.add_parser("demo-data", help="write the embedded demo scene (MegaDepth format)")
+    demo.add_argument("out")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--cameras", type=int, default=14)
+    demo.add_argument("--width", type=int, default=320)
+    demo.add_argument("--height", type=int, default=240)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "show":
+            return cmd_show(args)
+        if args.command == "demo-data":
+            return cmd_demo_data(args)
+    except (ConfigError, StorageError, ManifestError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"matchmill: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - resource errors etc.: one line, not a traceback
+        from .runtime import ResourceError
+
+        if isinstance(exc, ResourceError):
+            print(f"matchmill: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from matchmill.stages.metrics import format_summary
+
+    from .runner import run_pipeline
+
+    conf = load_config(args.config, args.overrides)
+    result = run_pipeline(conf, until=args.until, address=args.address)
+    print(f"run: {result.run_url}")
+    if result.metrics:
+        print(format_summary(result.metrics))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import run_status
+
+    print(run_status(args.run_url))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .status import show_stage
+
+    print(show_stage(args.run_url, args.stage, rows=args.rows, failed_only=args.failed))
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from matchmill.datasets.demo_scene import write_demo_scene
+
+    path = write_demo_scene(args.out, seed=args.seed, num_cameras=args.cameras, width=args.width, height=args.height)
+    print(f"demo scene written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

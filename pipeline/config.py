@@ -1,0 +1,258 @@
+"""Job configuration: defaults, YAML loading, dotted overrides, validation, per-stage hashes.
+
+A job is one YAML file with a section per stage. Everything is validated before any work starts:
+an unknown key, a wrong type or an unknown method stops the run with one line that names the
+key. Method-specific keys (``extract.max_keypoints`` for SIFT, ...) come from the method's own
+``default_conf`` next to its code.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Keys every Ray stage section accepts; they change how a stage runs, never what it computes,
+#: so they are left out of the config hash.
+EXECUTION_DEFAULTS = {
+    "actors": 1,  # actor-pool size (each actor loads its model once)
+    "num_cpus": 1.0,  # CPUs reserved per actor
+    "num_gpus": 0.0,  # GPUs per actor; > 0 fails fast when the cluster has none
+    "batch_size": 4,  # rows per actor call
+}
+EXECUTION_KEYS = frozenset(EXECUTION_DEFAULTS)
+
+DEFAULTS: dict[str, Any] = {
+    "storage": "file://./runs",  # where runs live: any fsspec URL (file://, s3://, gs://)
+    "run_name": "demo",  # run folder under storage; the run URL is <storage>/<run_name>
+    "seed": 0,  # seed for pair sampling and the demo scene
+    "part_rows": 64,  # rows per Parquet part file written by Ray stages (resume granularity)
+    "ray": {
+        "address": None,  # None = embedded local Ray; "auto" or ray://host:port joins a cluster
+        "num_cpus": None,  # CPUs of the embedded Ray (None = all)
+        "progress_bars": True,  # Ray Data progress bars
+    },
+    "data": {
+        "source": "demo",  # demo | megadepth | hpatches | oxford | pairs_file
+        "root": None,  # dataset root; for demo None = generate into the cache on first use
+        "pairs_file": None,  # pairs_file source: SuperGlue-style list
+        "images_dir": None,  # pairs_file source: folder the names are relative to
+        "sequences": None,  # hpatches source: restrict to these sequence names
+        "max_image_pixels": 100_000_000,  # refuse larger images (decompression-bomb guard)
+        "demo_num_cameras": 14,  # demo scene: number of rendered views
+        "demo_width": 320,  # demo scene: image width
+        "demo_height": 240,  # demo scene: image height
+    },
+    "pairs": {},  # filled from matchmill.datasets.megadepth.DEFAULT_CONF
+    "extract": {**EXECUTION_DEFAULTS, "method": "sift", "resize_max": 640},
+    "propose": {**EXECUTION_DEFAULTS, "method": "mnn", "batch_size": 8},
+    "refine": {**EXECUTION_DEFAULTS, "method": "identity", "batch_size": 8},
+    "verify": {
+        **EXECUTION_DEFAULTS,
+        "batch_size": 8,
+        "geometry": "auto",  # auto (H when the pair has H ground truth, else F) | homography | fundamental
+        "h_threshold": 2.0,  # pydegensac homography inlier threshold (px)
+        "f_threshold": 1.0,  # pydegensac fundamental inlier threshold (px)
+        "confidence": 0.9999,  # pydegensac F confidence
+        "h_confidence": 0.999,  # pydegensac H confidence (CAPS / immatch protocol)
+        "ransac_seed": 0,  # pydegensac seed; fixed so reruns give identical inliers (-1 = random)
+        "max_iters": 10000,  # RANSAC iterations
+        "pose_threshold": 0.5,  # OpenCV essential-matrix threshold (px), LoFTR protocol
+        "pose_confidence": 0.99999,  # OpenCV essential-matrix RANSAC confidence
+    },
+    "metrics": {
+        "pose_thresholds": [5, 10, 20],  # AUC thresholds (degrees)
+        "homography_thresholds": [1, 3, 5, 10],  # corner-error accuracy thresholds (px)
+    },
+}
+
+STAGE_SECTIONS_WITH_METHOD = ("extract", "propose", "refine")
+
+
+class ConfigError(ValueError):
+    """The job configuration is invalid; the message names the key."""
+
+
+def _pairs_defaults() -> dict:
+    from matchmill.datasets.megadepth import DEFAULT_CONF
+
+    return copy.deepcopy(DEFAULT_CONF)
+
+
+def default_config() -> dict:
+    conf = copy.deepcopy(DEFAULTS)
+    conf["pairs"] = _pairs_defaults()
+    return conf
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"refine.confidence=0.5"`` -> (["refine", "confidence"], 0.5), values parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def set_dotted(conf: dict, path: list[str], value: Any) -> None:
+    node = conf
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """Read YAML, apply dotted overrides, fill defaults (incl. method defaults), validate."""
+    user: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r}: invalid YAML ({exc})") from exc
+        if not isinstance(user, dict):
+            raise ConfigError(f"config file {str(path)!r}: top level must be a mapping")
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_dotted(user, keys, value)
+    return resolve(user)
+
+
+def resolve(user: dict) -> dict:
+    """Merge user values over defaults and validate the result."""
+    defaults = default_config()
+    _check_keys(user, defaults, prefix="")
+    conf = deep_merge(defaults, user)
+    from matchmill.stages.registry import load_method
+
+    for section in STAGE_SECTIONS_WITH_METHOD:
+        method = conf[section]["method"]
+        try:
+            cls = load_method(section, method)
+        except KeyError as exc:
+            raise ConfigError(str(exc.args[0])) from exc
+        method_conf = dict(getattr(cls, "default_conf", {}))
+        stage_defaults = {**defaults[section], **method_conf}
+        _check_keys(user.get(section, {}), stage_defaults, prefix=f"{section}.", method_known=True)
+        conf[section] = deep_merge(stage_defaults, user.get(section, {}))
+    _check_types(conf, default_config(), prefix="")
+    _check_values(conf)
+    return conf
+
+
+def _check_keys(user: dict, defaults: dict, prefix: str, method_known: bool = False) -> None:
+    if not isinstance(user, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(user).__name__}")
+    for key, value in user.items():
+        if key not in defaults:
+            if prefix.rstrip(".") in STAGE_SECTIONS_WITH_METHOD and not method_known:
+                continue  # method keys are checked once the method is known
+            known = ", ".join(sorted(defaults))
+            raise ConfigError(f"{prefix}{key}: unknown config key (known here: {known})")
+        if isinstance(defaults[key], dict):
+            _check_keys(value, defaults[key], prefix=f"{prefix}{key}.")
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def _check_types(conf: dict, defaults: dict, prefix: str) -> None:
+    for key, value in conf.items():
+        if key not in defaults:
+            continue  # method keys: checked against the method defaults below
+        default = defaults[key]
+        if isinstance(default, dict):
+            if isinstance(value, dict):
+                _check_types(value, default, prefix=f"{prefix}{key}.")
+            continue
+        if not _type_ok(value, default):
+            raise ConfigError(
+                f"{prefix}{key}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})"
+            )
+    for section in STAGE_SECTIONS_WITH_METHOD:
+        if prefix == "" and section in conf:
+            from matchmill.stages.registry import method_defaults
+
+            md = method_defaults(section, conf[section]["method"])
+            for key, default in md.items():
+                if not _type_ok(conf[section][key], default):
+                    raise ConfigError(
+                        f"{section}.{key}: expected {type(default).__name__}, "
+                        f"got {type(conf[section][key]).__name__} ({conf[section][key]!r})"
+                    )
+
+
+def _check_values(conf: dict) -> None:
+    sources = ("demo", "megadepth", "hpatches", "oxford", "pairs_file")
+    if conf["data"]["source"] not in sources:
+        raise ConfigError(f"data.source: {conf['data']['source']!r} is not one of {sources}")
+    if conf["data"]["source"] != "demo" and not conf["data"]["root"] and conf["data"]["source"] != "pairs_file":
+        raise ConfigError(f"data.root: required for data.source={conf['data']['source']}")
+    if conf["data"]["source"] == "pairs_file" and not conf["data"]["pairs_file"]:
+        raise ConfigError("data.pairs_file: required for data.source=pairs_file")
+    if conf["verify"]["geometry"] not in ("auto", "homography", "fundamental"):
+        raise ConfigError(f"verify.geometry: {conf['verify']['geometry']!r} is not auto|homography|fundamental")
+    for section in ("extract", "propose", "refine", "verify"):
+        sec = conf[section]
+        if sec["actors"] < 1:
+            raise ConfigError(f"{section}.actors: must be >= 1, got {sec['actors']}")
+        if sec["batch_size"] < 1:
+            raise ConfigError(f"{section}.batch_size: must be >= 1, got {sec['batch_size']}")
+        if sec["num_gpus"] < 0 or sec["num_cpus"] < 0:
+            raise ConfigError(f"{section}: num_cpus and num_gpus must be >= 0")
+    if conf["part_rows"] < 1:
+        raise ConfigError(f"part_rows: must be >= 1, got {conf['part_rows']}")
+    if "/" in conf["run_name"].strip("/") or not conf["run_name"].strip():
+        raise ConfigError(f"run_name: {conf['run_name']!r} must be a single non-empty folder name")
+
+
+def run_url(conf: dict) -> str:
+    storage = conf["storage"]
+    if "://" not in storage:
+        storage = "file://" + str(Path(storage).resolve())
+    elif storage.startswith("file://./") or storage.startswith("file://") and not storage.startswith("file:///"):
+        storage = "file://" + str(Path(storage[len("file://") :]).resolve())
+    return storage.rstrip("/") + "/" + conf["run_name"]
+
+
+def stage_hash(conf_parts: list[Any], upstream_hash: str | None) -> str:
+    """Hash of what a stage computes: its own settings (execution keys removed) + upstream's hash."""
+    cleaned = []
+    for part in conf_parts:
+        if isinstance(part, dict):
+            part = {k: v for k, v in part.items() if k not in EXECUTION_KEYS}
+        cleaned.append(part)
+    payload = json.dumps([cleaned, upstream_hash], sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()

@@ -1,0 +1,61 @@
+"""The Ray runtime: embedded local Ray by default, a cluster with ``--address`` / ``RAY_ADDRESS``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+RAY_STAGES = ("extract", "propose", "refine", "verify")
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot provide what the config asks for (e.g. GPUs on a CPU-only machine)."""
+
+
+def init_ray(conf: dict, address: str | None = None) -> None:
+    """Start or join Ray once per process; configure Ray Data's progress output."""
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        address = address or conf["ray"]["address"] or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        else:
+            ray.init(
+                num_cpus=conf["ray"]["num_cpus"],
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+                configure_logging=True,
+            )
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bool(conf["ray"]["progress_bars"])
+    ctx.enable_operator_progress_bars = bool(conf["ray"]["progress_bars"])
+    check_resources(conf)
+
+
+def check_resources(conf: dict) -> None:
+    """Fail fast instead of waiting forever for GPUs or CPUs that do not exist."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    for stage in RAY_STAGES:
+        want_gpu, want_cpu = conf[stage]["num_gpus"], conf[stage]["num_cpus"]
+        if want_gpu > 0 and gpus < want_gpu:
+            raise ResourceError(
+                f"{stage}.num_gpus={want_gpu} but the Ray cluster has {gpus:g} GPU(s); "
+                f"set {stage}.num_gpus=0 to run on CPU"
+            )
+        if want_cpu > cpus:
+            raise ResourceError(f"{stage}.num_cpus={want_cpu} exceeds the cluster's {cpus:g} CPU(s)")
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

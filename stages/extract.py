@@ -1,0 +1,62 @@
+"""Extract stage: one call per unique image; tensors go to an artifact, a row to the manifest."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from matchmill.datasets.image_io import load_image, resize_max, to_original
+from matchmill.manifests.artifacts import artifact_url, write_artifact
+from matchmill.manifests.schemas import FEATURES
+
+from .registry import load_method
+from .rows import process_rows
+
+#: Stage-level keys of the ``extract`` section (besides the execution keys and the method's own).
+STAGE_DEFAULTS = {
+    "method": "sift",  # registered extractor (see stages/registry.py)
+    "resize_max": 640,  # longer image side fed to the extractor; None = original size
+}
+
+
+class ExtractActor:
+    """Ray Data callable class: loads the extractor once, then maps image rows to feature rows."""
+
+    def __init__(self, conf: dict, run_url: str, config_hash: str, max_image_pixels: int):
+        cls = load_method("extract", conf["method"])
+        self.method_name = conf["method"]
+        self.extractor = cls({k: conf[k] for k in getattr(cls, "default_conf", {})})
+        self.resize_max = conf.get("resize_max")
+        self.run_url = run_url
+        self.config_hash = config_hash
+        self.max_image_pixels = max_image_pixels
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return process_rows(batch, self.extract_one, FEATURES, stage="extract", key="image_id")
+
+    def extract_one(self, row: dict) -> dict:
+        image = load_image(row["path"], max_pixels=self.max_image_pixels)
+        height, width = image.shape[:2]
+        crop = row.get("crop")
+        if crop:
+            image = image[: int(crop[1]), : int(crop[0])]
+        small, scale = resize_max(image, self.resize_max)
+        start = time.perf_counter()
+        tensors = self.extractor(small)
+        seconds = time.perf_counter() - start
+        if "keypoints" in tensors:
+            tensors["keypoints"] = to_original(tensors["keypoints"], scale)
+        tensors["image_size"] = np.array([width, height], np.int64)
+        tensors["scale"] = np.array(scale, np.float64)
+        url = artifact_url(self.run_url, self.config_hash, row["image_id"])
+        write_artifact(url, tensors, metadata={"image_id": row["image_id"], "method": self.method_name})
+        return {
+            "method": self.method_name,
+            "width": width,
+            "height": height,
+            "num_keypoints": len(tensors.get("keypoints", ())),
+            "artifact_uri": url,
+            "seconds": seconds,
+        }

@@ -1,0 +1,98 @@
+"""Pairs stage (driver side): build the pairs manifest from the configured data source."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+from matchmill.manifests.schemas import PAIRS, STATUS_FAILED, STATUS_OK
+from matchmill.manifests.storage import conform
+
+log = logging.getLogger(__name__)
+
+_MATRIX_SIZES = {"K0": 9, "K1": 9, "T_0to1": 16, "H_0to1": 9}
+
+
+def demo_root(conf: dict) -> Path:
+    """Where the generated demo scene lives; generated on first use."""
+    from matchmill.datasets.demo_scene import write_demo_scene
+
+    data = conf["data"]
+    if data["root"]:
+        return Path(data["root"])
+    cache = Path(os.environ.get("MATCHMILL_CACHE", Path.home() / ".cache" / "matchmill"))
+    root = cache / f"demo-seed{conf['seed']}-{data['demo_num_cameras']}cams-{data['demo_width']}x{data['demo_height']}"
+    if not (root / "demo" / "sparse").exists():
+        log.info("generating the demo scene into %s", root)
+        write_demo_scene(
+            root,
+            seed=conf["seed"],
+            num_cameras=data["demo_num_cameras"],
+            width=data["demo_width"],
+            height=data["demo_height"],
+        )
+    return root
+
+
+def source_rows(conf: dict) -> list[dict]:
+    """Pair dicts (PAIRS field names) from ``data.source``."""
+    data = conf["data"]
+    source = data["source"]
+    pairs_conf = {**conf["pairs"], "seed": conf["pairs"].get("seed", conf["seed"])}
+    if source in ("demo", "megadepth"):
+        from matchmill.datasets.megadepth import select_megadepth_pairs
+
+        root = demo_root(conf) if source == "demo" else Path(data["root"])
+        if not root.exists():
+            raise FileNotFoundError(f"data.root {str(root)!r} does not exist")
+        return select_megadepth_pairs(root, pairs_conf)
+    if source == "hpatches":
+        from matchmill.datasets.hpatches import list_hpatches_pairs
+
+        return list_hpatches_pairs(data["root"], sequences=data["sequences"])
+    if source == "oxford":
+        from matchmill.datasets.hpatches import list_oxford_pairs
+
+        return list_oxford_pairs(data["root"])
+    if source == "pairs_file":
+        from matchmill.datasets.pairs_file import read_pairs_file
+
+        return read_pairs_file(data["pairs_file"], data["images_dir"] or data["root"] or ".")
+    raise ValueError(f"data.source: unknown source {source!r}")
+
+
+def check_row(row: dict) -> str | None:
+    """Return an error text when a pair row cannot be used, else None."""
+    for key, size in _MATRIX_SIZES.items():
+        value = row.get(key)
+        if value is None:
+            continue
+        if len(value) != size:
+            return f"{key} has {len(value)} values, expected {size}"
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+            return f"{key} contains NaN or infinite values"
+    for key in ("image0", "image1", "path0", "path1"):
+        if not row.get(key):
+            return f"missing {key}"
+    return None
+
+
+def build_pairs(conf: dict) -> pa.Table:
+    """Collect, check and de-duplicate pair rows into a PAIRS table."""
+    rows, seen = [], set()
+    for row in source_rows(conf):
+        if row["pair_id"] in seen:
+            log.warning("duplicate pair %s dropped", row["pair_id"])
+            continue
+        seen.add(row["pair_id"])
+        if row.get("status", STATUS_OK) == STATUS_OK:
+            error = check_row(row)
+            if error:
+                row = {**row, "status": STATUS_FAILED, "error": f"pairs: {row['pair_id']}: {error}"}
+        rows.append({**{"status": STATUS_OK, "error": None}, **row})
+    table = pa.Table.from_pylist(rows, schema=PAIRS) if rows else PAIRS.empty_table()
+    return conform(table, PAIRS, where="pairs")

@@ -1,0 +1,43 @@
+"""Propose stage: per pair, candidate matches from the two images' stored features."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from matchmill.manifests.schemas import PROPOSALS
+
+from .feature_store import FeatureStore
+from .registry import load_method
+from .rows import process_rows
+
+STAGE_DEFAULTS = {"method": "mnn"}  # registered proposer (see stages/registry.py)
+
+
+def check_matches(matches: np.ndarray, scores: np.ndarray, where: str) -> None:
+    """Shape contract between stages: matches (N, 4), scores (N,)."""
+    if matches.ndim != 2 or matches.shape[1] != 4 or scores.shape != (matches.shape[0],):
+        raise ValueError(f"{where}: expected matches (N, 4) and scores (N,), got {matches.shape} and {scores.shape}")
+
+
+class ProposeActor:
+    """Ray Data callable class over pair rows."""
+
+    def __init__(self, conf: dict, run_url: str):
+        cls = load_method("propose", conf["method"])
+        self.proposer = cls({k: conf[k] for k in getattr(cls, "default_conf", {})})
+        self.features = FeatureStore(run_url)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return process_rows(batch, self.propose_one, PROPOSALS, stage="propose", key="pair_id")
+
+    def propose_one(self, row: dict) -> dict:
+        feats0 = self.features.get(row["image0"])
+        feats1 = self.features.get(row["image1"])
+        start = time.perf_counter()
+        matches, scores = self.proposer(feats0, feats1)
+        seconds = time.perf_counter() - start
+        check_matches(matches, scores, "propose")
+        return {"num_matches": len(matches), "matches": matches, "scores": scores, "seconds": seconds}

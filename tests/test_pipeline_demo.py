@@ -1,0 +1,123 @@
+"""The whole pipeline on the demo scene: a full run, a rerun, a resume, an invalidation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from matchmill.manifests.commit import part_files, read_commit, read_stage
+from matchmill.manifests.storage import remove_tree
+from matchmill.pipeline.config import load_config
+from matchmill.pipeline.graph import STAGE_NAMES
+from matchmill.pipeline.runner import run_pipeline
+
+from .conftest import DEMO_CONFIG
+
+pytestmark = pytest.mark.ray
+
+
+def demo_conf(storage: Path, demo_root: Path, *extra: str) -> dict:
+    return load_config(
+        DEMO_CONFIG,
+        [f"storage=file://{storage}", f"data.root={demo_root}", "pairs.max_pairs_per_scene=24",
+         "part_rows=8", *extra],
+    )
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, ray_local, demo_root):
+    storage = tmp_path_factory.mktemp("runs")
+    conf = demo_conf(storage, demo_root)
+    lines: list[str] = []
+    result = run_pipeline(conf, echo=lines.append)
+    return conf, result, lines
+
+
+def test_full_run_commits_every_stage_with_metrics(full_run):
+    conf, result, lines = full_run
+    assert [r.stage for r in result.stages] == list(STAGE_NAMES)
+    assert all(r.action == "ran" for r in result.stages)
+    for stage in STAGE_NAMES:
+        assert read_commit(result.run_url, stage) is not None, stage
+    pairs = read_stage(result.run_url, "pairs", "pairs")
+    verified = read_stage(result.run_url, "verify", "verified")
+    assert pairs.num_rows == 24
+    assert sorted(verified.column("pair_id").to_pylist()) == sorted(pairs.column("pair_id").to_pylist())
+    assert pc.all(pc.equal(verified.column("status"), "ok")).as_py()
+    m = result.metrics
+    assert 0.0 <= m["auc@5"] <= m["auc@10"] <= m["auc@20"] <= 1.0
+    assert m["auc@20"] > 0.3, m  # SIFT on the demo scene must find many good poses
+    assert m["mean_inliers"] > 20
+    summary = json.loads((Path(result.run_url[len("file://"):]) / "metrics" / "summary.json").read_text())
+    assert summary == m
+    report = (Path(result.run_url[len("file://"):]) / "metrics" / "report.md").read_text()
+    assert "| auc@10 |" in report
+
+
+def test_extraction_runs_once_per_unique_image(full_run):
+    _, result, _ = full_run
+    pairs = read_stage(result.run_url, "pairs", "pairs")
+    unique = set(pairs.column("image0").to_pylist()) | set(pairs.column("image1").to_pylist())
+    features = read_stage(result.run_url, "extract", "features")
+    assert sorted(features.column("image_id").to_pylist()) == sorted(unique)
+    extract = next(r for r in result.stages if r.stage == "extract")
+    assert extract.computed == len(unique) < 2 * pairs.num_rows
+
+
+def test_rerun_recomputes_nothing(full_run):
+    conf, first, _ = full_run
+    again = run_pipeline(conf, echo=lambda _: None)
+    assert all(r.action == "skipped" and r.computed == 0 for r in again.stages)
+    assert again.metrics == first.metrics
+
+
+def test_stopped_after_extract_resumes_to_the_same_metrics(full_run, tmp_path, demo_root):
+    _, uninterrupted, _ = full_run
+    conf = demo_conf(tmp_path, demo_root)
+    partial = run_pipeline(conf, until="extract", echo=lambda _: None)
+    assert [r.stage for r in partial.stages] == ["pairs", "images", "extract"]
+    assert read_commit(partial.run_url, "propose") is None
+    resumed = run_pipeline(conf, echo=lambda _: None)
+    actions = {r.stage: r.action for r in resumed.stages}
+    assert actions["extract"] == "skipped" and actions["propose"] == "ran"
+    assert resumed.metrics == pytest.approx(uninterrupted.metrics)
+
+
+def test_uncommitted_stage_redoes_only_missing_keys(full_run, tmp_path, demo_root):
+    conf = demo_conf(tmp_path, demo_root)
+    first = run_pipeline(conf, echo=lambda _: None)
+    parts = part_files(first.run_url, "propose")
+    assert len(parts) >= 2
+    lost = read_stage(first.run_url, "propose", "proposals").num_rows
+    remove_tree(parts[0])  # as if the run died before this part was written ...
+    remove_tree(first.run_url + "/propose/_COMMITTED.json")  # ... and before the commit
+    from matchmill.manifests.storage import read_manifest
+
+    kept = sum(read_manifest(p, "proposals").num_rows for p in parts[1:])
+    second = run_pipeline(conf, echo=lambda _: None)
+    propose = next(r for r in second.stages if r.stage == "propose")
+    assert propose.action == "resumed"
+    assert propose.computed == lost - kept
+    assert second.metrics == pytest.approx(first.metrics)
+
+
+def test_config_change_invalidates_the_stage_and_what_follows(full_run, tmp_path, demo_root):
+    conf = demo_conf(tmp_path, demo_root)
+    run_pipeline(conf, echo=lambda _: None)
+    changed = run_pipeline(demo_conf(tmp_path, demo_root, "verify.h_threshold=3.0", "verify.f_threshold=1.5"),
+                           echo=lambda _: None)
+    actions = {r.stage: r.action for r in changed.stages}
+    assert actions == {"pairs": "skipped", "images": "skipped", "extract": "skipped", "propose": "skipped",
+                       "refine": "skipped", "verify": "ran", "metrics": "ran"}
+
+
+def test_two_extract_actors_give_the_same_features(full_run, tmp_path, demo_root):
+    _, one, _ = full_run
+    conf = demo_conf(tmp_path, demo_root, "extract.actors=2", "extract.batch_size=2")
+    two = run_pipeline(conf, until="extract", echo=lambda _: None)
+    a = read_stage(one.run_url, "extract", "features").sort_by("image_id")
+    b = read_stage(two.run_url, "extract", "features").sort_by("image_id")
+    assert a.column("num_keypoints").to_pylist() == b.column("num_keypoints").to_pylist()
