@@ -49,7 +49,10 @@ class SiftExtractor:
                 "scales": np.zeros((0,), np.float32),
             }
         responses = np.array([k.response for k in kps], np.float32)
-        order = np.argsort(-responses, kind="stable")
+        # OpenCV finds keypoints in parallel, so their order varies between runs: sort by a full
+        # key (response, then position, size, angle) so that outputs are reproducible.
+        attrs = np.array([(k.pt[0], k.pt[1], k.size, k.angle) for k in kps], np.float64)
+        order = np.lexsort((attrs[:, 3], attrs[:, 2], attrs[:, 1], attrs[:, 0], -responses))
         limit = int(self.conf["max_keypoints"])
         if limit > 0:
             order = order[:limit]

@@ -64,7 +64,7 @@ IMAGES = pa.schema(
 FEATURES = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
-        pa.field("method", pa.string(), nullable=False),  # extractor name, e.g. "sift"
+        pa.field("method", pa.string()),  # extractor name, e.g. "sift" (null on failed rows)
         pa.field("width", pa.int32()),  # original image width (pixels)
         pa.field("height", pa.int32()),  # original image height
         pa.field("num_keypoints", pa.int32()),  # 0 for purely dense methods

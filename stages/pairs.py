@@ -19,22 +19,20 @@ _MATRIX_SIZES = {"K0": 9, "K1": 9, "T_0to1": 16, "H_0to1": 9}
 
 def demo_root(conf: dict) -> Path:
     """Where the generated demo scene lives; generated on first use."""
-    from matchmill.datasets.demo_scene import write_demo_scene
+    from matchmill.datasets.demo_scene import ensure_demo_scene
 
     data = conf["data"]
     if data["root"]:
         return Path(data["root"])
     cache = Path(os.environ.get("MATCHMILL_CACHE", Path.home() / ".cache" / "matchmill"))
     root = cache / f"demo-seed{conf['seed']}-{data['demo_num_cameras']}cams-{data['demo_width']}x{data['demo_height']}"
-    if not (root / "demo" / "sparse").exists():
-        log.info("generating the demo scene into %s", root)
-        write_demo_scene(
-            root,
-            seed=conf["seed"],
-            num_cameras=data["demo_num_cameras"],
-            width=data["demo_width"],
-            height=data["demo_height"],
-        )
+    ensure_demo_scene(  # a no-op when the same scene (and generator version) is already there
+        root,
+        seed=conf["seed"],
+        num_cameras=data["demo_num_cameras"],
+        width=data["demo_width"],
+        height=data["demo_height"],
+    )
     return root
 
 

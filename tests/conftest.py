@@ -34,8 +34,8 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
-    from matchmill.datasets.demo_scene import write_demo_scene
+    from matchmill.datasets.demo_scene import ensure_demo_scene
 
-    root = tmp_path_factory.mktemp("demo-scene")
-    write_demo_scene(root, seed=0)
+    root = tmp_path_factory.getbasetemp() / "matchmill_demo"
+    ensure_demo_scene(root, seed=0)
     return root

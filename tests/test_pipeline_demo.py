@@ -121,3 +121,29 @@ def test_two_extract_actors_give_the_same_features(full_run, tmp_path, demo_root
     a = read_stage(one.run_url, "extract", "features").sort_by("image_id")
     b = read_stage(two.run_url, "extract", "features").sort_by("image_id")
     assert a.column("num_keypoints").to_pylist() == b.column("num_keypoints").to_pylist()
+
+
+def test_status_and_show_read_the_run(full_run, capsys):
+    from matchmill.pipeline.cli import main as cli_main
+
+    _, result, _ = full_run
+    assert cli_main(["status", result.run_url]) == 0
+    out = capsys.readouterr().out
+    for stage in STAGE_NAMES:
+        assert f"{stage:<9} committed" in out
+    assert "AUC@10:" in out
+    assert cli_main(["show", result.run_url, "verify", "-n", "3"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("verify: 24 rows") and "pose_error" in shown
+    assert cli_main(["show", result.run_url, "nosuchstage"]) == 2
+    assert "unknown stage 'nosuchstage'" in capsys.readouterr().err
+
+
+def test_cli_run_prints_the_auc_summary(tmp_path, demo_root, ray_local, capsys):
+    from matchmill.pipeline.cli import main as cli_main
+
+    code = cli_main(["run", str(DEMO_CONFIG), f"storage=file://{tmp_path}", f"data.root={demo_root}",
+                     "pairs.max_pairs_per_scene=6"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "AUC@10:" in out and "[ metrics] ran" in out
