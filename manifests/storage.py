@@ -21,6 +21,10 @@ import pyarrow.parquet as pq
 from .schemas import MANIFESTS
 
 
+#: Rows per Parquet row group: readers of a slice decode only the groups it spans.
+ROW_GROUP_ROWS = 1024
+
+
 class ManifestError(ValueError):
     """A manifest file is unreadable or does not match its schema."""
 
@@ -142,7 +146,7 @@ def write_manifest(table: pa.Table, url: str, manifest: str) -> int:
     schema = schema_of(manifest)
     table = conform(table, schema, where=url)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     data = buf.getvalue()
     write_bytes_atomic(url, data)
     return len(data)

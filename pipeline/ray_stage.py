@@ -11,31 +11,70 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 
 from matchmill.manifests.commit import part_name
-from matchmill.manifests.storage import join, read_manifest, schema_of, write_manifest
+from matchmill.manifests.storage import conform, join, schema_of, url_to_fs, write_manifest
+
+
+#: Concurrent read tasks per stage (they are IO-bound and reserve no CPU, so cap them here).
+READ_TASKS = 2
+
+
+def plan_reads(urls: list[str], block_rows: int) -> list[dict]:
+    """Split the input part files into row ranges of ``block_rows`` rows (one Ray block each).
+
+    Ray Data hands whole blocks to actors, so the block size sets how finely work spreads over
+    the actor pool; only Parquet footers are read here.
+    """
+    items = []
+    for url in urls:
+        fs, path = url_to_fs(url)
+        with fs.open(path, "rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        for start in range(0, rows, block_rows):
+            items.append({"url": url, "start": start, "length": min(block_rows, rows - start)})
+    return items
+
+
+def read_range(url: str, start: int, length: int, manifest: str) -> pa.Table:
+    """Rows [start, start + length) of one part file, reading only the row groups they span."""
+    fs, path = url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        groups, offset, first = [], 0, None
+        for i in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(i).num_rows
+            if offset + n > start and offset < start + length:
+                groups.append(i)
+                first = offset if first is None else first
+            offset += n
+        table = pf.read_row_groups(groups)
+    return conform(table.slice(start - first, length), schema_of(manifest), where=url)
 
 
 def read_parts(batch: pa.Table, manifest: str, key: str, done: list[str]) -> pa.Table:
-    """Read (and validate) the part files named in ``batch["url"]``, minus keys already done."""
-    tables = [read_manifest(url, manifest) for url in batch.column("url").to_pylist()]
+    """Read the row ranges named in ``batch``, minus keys already done (resume)."""
+    tables = [read_range(r["url"], r["start"], r["length"], manifest) for r in batch.to_pylist()]
     table = pa.concat_tables(tables) if tables else schema_of(manifest).empty_table()
     return drop_done(table, key, done)
 
 
-def read_dataset(urls: list[str], manifest: str, key: str, done: list[str]):
-    """A Ray Dataset over Parquet part files on any fsspec URL.
+def read_dataset(urls: list[str], manifest: str, key: str, done: list[str], block_rows: int):
+    """A Ray Dataset over Parquet part files on any fsspec URL, in blocks of ``block_rows``.
 
-    Reading is a zero-CPU task per part file (IO only): it must never wait for CPUs held by
-    the stage's actor pool, or a 2-CPU machine with 2 actors deadlocks.
+    Reading is a zero-CPU task per block (IO only): it must never wait for CPUs held by the
+    stage's actor pool, or a 2-CPU machine with 2 actors deadlocks.
     """
-    items = ray.data.from_items([{"url": u} for u in urls], override_num_blocks=len(urls))
-    return items.map_batches(
+    items = plan_reads(urls, block_rows)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    return ds.map_batches(
         read_parts,
         fn_kwargs={"manifest": manifest, "key": key, "done": done},
         batch_size=1,
         num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=READ_TASKS),  # zero-CPU tasks need their own cap
         batch_format="pyarrow",
     )
 
@@ -83,7 +122,7 @@ def run_ray_stage(
 ) -> list[dict]:
     """Execute the stage over the rows not in ``done``; return per-part counters."""
 
-    ds = read_dataset(input_urls, input_manifest, key, done)
+    ds = read_dataset(input_urls, input_manifest, key, done, block_rows=int(stage_conf["batch_size"]))
     num_gpus = float(stage_conf["num_gpus"]) or None  # None, not 0: ray#45201
     ds = ds.map_batches(
         actor_cls,

@@ -13,6 +13,7 @@ from matchmill.manifests.schemas import FEATURES
 
 from .registry import load_method
 from .rows import process_rows
+from .threads import limit_threads
 
 #: Stage-level keys of the ``extract`` section (besides the execution keys and the method's own).
 STAGE_DEFAULTS = {
@@ -25,6 +26,7 @@ class ExtractActor:
     """Ray Data callable class: loads the extractor once, then maps image rows to feature rows."""
 
     def __init__(self, conf: dict, run_url: str, config_hash: str, max_image_pixels: int):
+        limit_threads(conf.get("num_cpus", 1))
         cls = load_method("extract", conf["method"])
         self.method_name = conf["method"]
         self.extractor = cls({k: conf[k] for k in getattr(cls, "default_conf", {})})

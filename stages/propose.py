@@ -12,6 +12,7 @@ from matchmill.manifests.schemas import PROPOSALS
 from .feature_store import FeatureStore
 from .registry import load_method
 from .rows import process_rows
+from .threads import limit_threads
 
 STAGE_DEFAULTS = {"method": "mnn"}  # registered proposer (see stages/registry.py)
 
@@ -26,6 +27,7 @@ class ProposeActor:
     """Ray Data callable class over pair rows."""
 
     def __init__(self, conf: dict, run_url: str):
+        limit_threads(conf.get("num_cpus", 1))
         cls = load_method("propose", conf["method"])
         self.proposer = cls({k: conf[k] for k in getattr(cls, "default_conf", {})})
         self.features = FeatureStore(run_url)

@@ -13,12 +13,14 @@ from .feature_store import FeatureStore
 from .propose import check_matches
 from .registry import load_method
 from .rows import process_rows
+from .threads import limit_threads
 
 STAGE_DEFAULTS = {"method": "identity"}  # registered refiner (see stages/registry.py)
 
 
 class RefineActor:
     def __init__(self, conf: dict, run_url: str):
+        limit_threads(conf.get("num_cpus", 1))
         cls = load_method("refine", conf["method"])
         self.refiner = cls({k: conf[k] for k in getattr(cls, "default_conf", {})})
         self.features = FeatureStore(run_url) if getattr(cls, "needs_features", False) else None

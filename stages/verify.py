@@ -12,6 +12,7 @@ from matchmill.geometry.robust import find_fundamental, find_homography
 from matchmill.manifests.schemas import VERIFIED
 
 from .rows import process_rows
+from .threads import limit_threads
 
 
 def choose_model(row: dict, geometry: str) -> str:
@@ -23,6 +24,7 @@ def choose_model(row: dict, geometry: str) -> str:
 
 class VerifyActor:
     def __init__(self, conf: dict):
+        limit_threads(conf.get("num_cpus", 1))
         self.conf = conf
 
     def __call__(self, batch: pa.Table) -> pa.Table:
