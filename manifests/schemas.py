@@ -89,13 +89,8 @@ PROPOSALS = pa.schema(
     metadata={"manifest": "proposals"},
 )
 
-MATCHES = pa.schema(
-    PAIR_FIELDS
-    + _MATCH_FIELDS
-    + [pa.field("seconds", pa.float64())]
-    + STATUS_FIELDS,
-    metadata={"manifest": "matches"},
-)
+#: Same columns as PROPOSALS: refined matches replace the proposals row for row.
+MATCHES = PROPOSALS.with_metadata({"manifest": "matches"})
 
 VERIFIED = pa.schema(
     PAIR_FIELDS
