@@ -192,7 +192,8 @@ class RegressorHead(nn.Module):
     per ``fc_dims`` -> Linear -> 5.
 
     Outputs: ``offset = psize * tanh(relu(o[:, :4])) - psize / 2`` in ``[-psize/2, psize/2)`` and
-    ``conf = sigmoid(o[:, 4])`` in (0, 1). The ReLU is kept from the reference: a negative
+    ``conf = sigmoid(o[:, 4])`` in (0, 1); both open bounds hold exactly in floating point (the
+    saturated values are clamped just inside). The ReLU is kept from the reference: a negative
     pre-activation gives offset -psize/2 and zero gradient.
 
     Args:
@@ -256,8 +257,16 @@ class RegressorHead(nn.Module):
         if x.shape[0] == 0:  # BatchNorm cannot run on an empty batch
             return x.new_zeros((0, 4)), x.new_zeros((0,))
         o = self.fcs(self.convs(x).flatten(1))  # (N, 5)
-        offset = self.psize * torch.tanh(torch.relu(o[:, :4])) - self.psize / 2
-        return offset, torch.sigmoid(o[:, 4])
+        half = self.psize / 2
+        offset = self.psize * torch.tanh(torch.relu(o[:, :4])) - half
+        conf = torch.sigmoid(o[:, 4])
+        # In floating point tanh / sigmoid saturate to exactly 1 (fp32: tanh for inputs >~ 9), which
+        # would give offset == +psize/2 and conf == 1. Clamp to the largest value below the open
+        # bound; gradient-neutral, since the saturated tanh / sigmoid already have zero derivative.
+        top = torch.nextafter(o.new_tensor(half), o.new_tensor(0.0))
+        one = torch.nextafter(o.new_tensor(1.0), o.new_tensor(0.0))
+        tiny = torch.finfo(o.dtype).tiny
+        return torch.minimum(offset, top), torch.minimum(conf, one).clamp(min=tiny)
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,6 +459,12 @@ def sampson_distance_sq_torch(F: Tensor, x1: Tensor, x2: Tensor, eps: float = 1e
     ``phi = (x2^T F x1)^2 / ((F x1)_1^2 + (F x1)_2^2 + (F^T x2)_1^2 + (F^T x2)_2^2 + eps)``,
     computed in float64 and returned in the (promoted) dtype of ``x1``, ``x2``.
 
+    ``F`` is first scaled to unit Frobenius norm. phi is invariant to the scale of F except
+    through ``eps``; without the normalisation a pixel-frame ``K^-T E K^-1`` (entries ~ 1/f^2,
+    denominator ~ 1e-5) would be biased by eps at the 1e-3 level, while the reference builds F
+    in a form scaled by det(K) where eps is negligible. Normalising makes the result independent
+    of how the caller scaled F.
+
     Args:
         F: (3, 3), or (B, 3, 3) with B = 1 or B = N (one matrix per correspondence).
         x1: (N, 2) points in the first image (A).
@@ -467,6 +482,7 @@ def sampson_distance_sq_torch(F: Tensor, x1: Tensor, x2: Tensor, eps: float = 1e
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
     f = F.to(torch.float64)
+    f = f / torch.linalg.matrix_norm(f, keepdim=True).clamp(min=torch.finfo(torch.float64).tiny)
     ones = x1.new_ones((n, 1), dtype=torch.float64)
     h1 = torch.cat([x1.to(torch.float64), ones], dim=1)  # (N, 3)
     h2 = torch.cat([x2.to(torch.float64), ones], dim=1)  # (N, 3)

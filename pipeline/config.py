@@ -156,11 +156,25 @@ def resolve(user: dict) -> dict:
             raise ConfigError(str(exc.args[0])) from exc
         method_conf = dict(getattr(cls, "default_conf", {}))
         stage_defaults = {**defaults[section], **method_conf}
-        _check_keys(user.get(section, {}), stage_defaults, prefix=f"{section}.", method_known=True)
-        conf[section] = deep_merge(stage_defaults, user.get(section, {}))
+        # keys of the stage's *other* methods are accepted and ignored, so that a job file written
+        # for one method still runs with ``extract.method=...`` switched on the command line
+        other = _other_method_keys(section, method) - set(stage_defaults)
+        user_section = {k: v for k, v in user.get(section, {}).items() if k not in other}
+        _check_keys(user_section, stage_defaults, prefix=f"{section}.", method_known=True)
+        conf[section] = deep_merge(stage_defaults, user_section)
     _check_types(conf, default_config(), prefix="")
     _check_values(conf)
     return conf
+
+
+def _other_method_keys(section: str, method: str) -> set[str]:
+    from matchmill.stages.registry import REGISTRIES, load_method
+
+    keys: set[str] = set()
+    for name in REGISTRIES[section]:
+        if name != method:
+            keys |= set(getattr(load_method(section, name), "default_conf", {}))
+    return keys
 
 
 def _check_keys(user: dict, defaults: dict, prefix: str, method_known: bool = False) -> None:

@@ -50,6 +50,9 @@ class ExtractActor:
         seconds = time.perf_counter() - start
         if "keypoints" in tensors:
             tensors["keypoints"] = to_original(tensors["keypoints"], scale)
+        if "net_scale" in tensors:  # dense maps live in the extractor's own (network) frame
+            net_scale = tensors.pop("net_scale")
+            scale = (scale[0] * float(net_scale[0]), scale[1] * float(net_scale[1]))
         tensors["image_size"] = np.array([width, height], np.int64)
         tensors["scale"] = np.array(scale, np.float64)
         url = artifact_url(self.run_url, self.config_hash, row["image_id"])

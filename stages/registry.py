@@ -11,14 +11,17 @@ import importlib
 
 EXTRACTORS: dict[str, str] = {
     "sift": "matchmill.classical.sift:SiftExtractor",
+    "resnet34": "matchmill.stages.patch2pix_methods:ResNet34Extractor",
 }
 
 PROPOSERS: dict[str, str] = {
     "mnn": "matchmill.stages.proposers:MutualNNProposer",
+    "ncnet": "matchmill.stages.patch2pix_methods:NCNetProposer",
 }
 
 REFINERS: dict[str, str] = {
     "identity": "matchmill.stages.refiners:IdentityRefiner",
+    "patch2pix": "matchmill.stages.patch2pix_methods:Patch2PixRefiner",
 }
 
 REGISTRIES: dict[str, dict[str, str]] = {

@@ -1,0 +1,157 @@
+"""Stage adapters for the Patch2Pix chain: ResNet34 pyramid -> NCNet proposals -> Patch2Pix refinement.
+
+Frames: the extract stage resizes an image (``extract.resize_max``) and the ResNet34 extractor
+floors both sides to a multiple of 16 (1/8 features, 4D pooling by 2). The artifact's ``scale``
+(sx, sy) maps that network frame to the original image with the pixel-centre convention
+``x_orig = (x_net + 0.5) * s - 0.5``; proposals and refined matches are stored in original pixels.
+
+Weights: ``weights`` keys point to local files (no downloads). Without them, nets start from a
+seeded random initialisation, which runs the whole chain but does not give good matches.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from matchmill.datasets.image_io import to_original
+
+_LEVELS = ("f0", "f1", "f2", "f3", "f4")
+
+
+def to_network(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_original`: (N, 2) original pixels -> network-frame pixels."""
+    sx, sy = float(scale[0]), float(scale[1])
+    out = np.asarray(points, np.float32).copy()
+    out[:, 0] = (out[:, 0] + 0.5) / sx - 0.5
+    out[:, 1] = (out[:, 1] + 0.5) / sy - 0.5
+    return out
+
+
+def _seeded(seed: int):
+    torch.manual_seed(int(seed))
+
+
+def _load_state(module: torch.nn.Module, path: str | None, prefix: str = "") -> None:
+    if not path:
+        return
+    from safetensors.torch import load_file
+
+    state = load_file(path) if str(path).endswith(".safetensors") else torch.load(path, weights_only=True, map_location="cpu")
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+
+
+class ResNet34Extractor:
+    """Truncated ResNet34 feature pyramid f0..f4 of one image, stored as fp16 artifacts."""
+
+    default_conf = {
+        "weights": None,  # torchvision-layout resnet34 state dict (.pth / .safetensors); None = seeded random init
+        "init_seed": 0,  # seed of the random initialisation when no weights are given
+        "multiple": 16,  # floor both image sides to a multiple of this (1/8 features, 4D pooling by 2)
+        "fp16": True,  # store the pyramid as float16 (halves artifact size)
+    }
+
+    def __init__(self, conf: dict):
+        from matchmill.models.resnet import DEFAULT_CONF, ResNet34Pyramid
+
+        self.conf = {**self.default_conf, **conf}
+        _seeded(self.conf["init_seed"])
+        self.net = ResNet34Pyramid({**DEFAULT_CONF, "weights": self.conf["weights"]}).eval()
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """(H, W, 3) uint8 RGB -> ``f0``..``f4`` as (C, h, w) arrays and ``net_scale`` (2,)."""
+        from matchmill.models.resnet import normalize_image
+
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        h, w = image.shape[:2]
+        m = int(self.conf["multiple"])
+        nh, nw = (h // m) * m, (w // m) * m
+        if nh < 2 * m or nw < 2 * m:
+            raise ValueError(f"image {w}x{h} is too small for the ResNet34 pyramid (needs >= {2 * m}px per side)")
+        resized = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        feats = self.net(normalize_image(resized))
+        dtype = np.float16 if self.conf["fp16"] else np.float32
+        out = {name: f[0].numpy().astype(dtype) for name, f in zip(_LEVELS, feats)}
+        out["net_scale"] = np.array([w / nw, h / nh], np.float64)
+        return out
+
+
+def _pyramid(feats: dict[str, np.ndarray], names=_LEVELS) -> list[torch.Tensor]:
+    missing = [n for n in names if n not in feats]
+    if missing:
+        raise ValueError(f"features lack {missing}: this method needs extract.method=resnet34")
+    return [torch.from_numpy(feats[n].astype(np.float32))[None] for n in names]
+
+
+class NCNetProposer:
+    """NCNet 4D neighbourhood-consensus proposals on the f4 maps of both images."""
+
+    default_conf = {
+        "weights": None,  # NC-layer weights (.pth / .safetensors with keys of models.ncnet.NCNet); None = seeded init
+        "init_seed": 0,  # seed of the random initialisation when no weights are given
+        "nc_threshold": 0.0,  # keep proposals with NC score above this (Patch2Pix 0.0, NCNet baseline 0.9)
+        "max_proposals": 0,  # keep the top-N by score; 0 = all
+    }
+
+    def __init__(self, conf: dict):
+        from matchmill.models.ncnet import DEFAULT_CONF, NCNet
+
+        self.conf = {**self.default_conf, **conf}
+        _seeded(self.conf["init_seed"])
+        self.net = NCNet({**DEFAULT_CONF, "threshold": float(self.conf["nc_threshold"])}).eval()
+        _load_state(self.net, self.conf["weights"])
+
+    @torch.no_grad()
+    def __call__(self, feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        (f4a,), (f4b,) = _pyramid(feats0, ("f4",)), _pyramid(feats1, ("f4",))
+        out = self.net(f4a, f4b)
+        matches, scores = self.net.extract_matches(out)
+        matches, scores = matches.numpy(), scores.numpy()
+        if self.conf["max_proposals"] and len(scores) > self.conf["max_proposals"]:
+            keep = np.argsort(-scores, kind="stable")[: self.conf["max_proposals"]]
+            matches, scores = matches[keep], scores[keep]
+        m = np.concatenate(
+            [to_original(matches[:, :2], feats0["scale"]), to_original(matches[:, 2:], feats1["scale"])], axis=1
+        )
+        return m.astype(np.float32).reshape(-1, 4), scores.astype(np.float32)
+
+
+class Patch2PixRefiner:
+    """Patch2Pix mid + fine regressors on the f0..f3 pyramids; keeps matches above ``confidence``."""
+
+    default_conf = {
+        "weights": None,  # regressor weights (.pth / .safetensors of models.patch2pix.Patch2Pix); None = seeded init
+        "init_seed": 0,  # seed of the random initialisation when no weights are given
+        "confidence": 0.25,  # fine confidence a match must exceed (paper: 0.25 default; 0.5 and 0.9 as options)
+        "cpu_sized": True,  # width-128 regressors (CPU budget); False = the paper's width 512
+    }
+    needs_features = True
+
+    def __init__(self, conf: dict):
+        from matchmill.models.patch2pix import DEFAULT_CONF, Patch2Pix, cpu_sized
+
+        self.conf = {**self.default_conf, **conf}
+        _seeded(self.conf["init_seed"])
+        net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
+        self.net = Patch2Pix({**net_conf, "match_threshold": float(self.conf["confidence"])}).eval()
+        _load_state(self.net, self.conf["weights"])
+
+    def __call__(self, matches: np.ndarray, scores: np.ndarray, feats0=None, feats1=None, row=None):
+        """(N, 4) original-pixel proposals -> (M, 4) refined matches and (M,) fine confidences."""
+        if len(matches) == 0:
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        pa, pb = _pyramid(feats0, _LEVELS[:4]), _pyramid(feats1, _LEVELS[:4])
+        net = np.concatenate([to_network(matches[:, :2], feats0["scale"]), to_network(matches[:, 2:], feats1["scale"])], 1)
+        size_a = (pa[0].shape[-1], pa[0].shape[-2])
+        size_b = (pb[0].shape[-1], pb[0].shape[-2])
+        fine, conf = self.net.predict(pa, pb, torch.from_numpy(net), size_a, size_b)
+        fine = fine.numpy()
+        out = np.concatenate([to_original(fine[:, :2], feats0["scale"]), to_original(fine[:, 2:], feats1["scale"])], 1)
+        return out.astype(np.float32).reshape(-1, 4), conf.numpy().astype(np.float32)
