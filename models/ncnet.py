@@ -20,7 +20,7 @@ Memory (fp32, stride-8 features, H x W input, n = (H/8)(W/8) cells per image):
 - raw correlation: ``n_A * n_B`` floats, i.e. it grows with the *square* of the image area:
   240x320 -> 1200^2 = 1.4e6 (5.8 MB); 320x480 -> 2400^2 = 5.8e6 (23 MB);
   768x1024 -> 12288^2 = 1.5e8 (604 MB). ``corr_chunk_rows`` bounds this term to a slab of A rows;
-- pooled volume (1/16): ``n_A n_B / k^4`` floats plus as many uint8 offsets;
+- pooled volume (1/16): ``n_A n_B / k^4`` floats plus 4 uint8 offsets per pooled cell;
 - inside NC the first Conv4d holds 16 channels of the pooled volume (x2 while accumulating):
   768x1024 -> 9.4e6 cells x 16 x 4 B = 0.6 GB per copy. This term dominates once the raw volume is chunked.
 """

@@ -311,3 +311,20 @@ def test_random_init_ncnet_runs_and_chunking_is_exact(backbone: ResNet34Pyramid)
     assert torch.equal(o1["offsets"], o2["offsets"]) and torch.allclose(o1["corr"], o2["corr"])
     matches, scores = plain.extract_matches(o1)
     assert matches.shape[1] == 4 and scores.shape == (len(matches),)
+
+
+def test_batched_forward_equals_per_pair() -> None:
+    torch.manual_seed(0)
+    ncnet = NCNet().eval()
+    for m in ncnet.modules():
+        if isinstance(m, Conv4d):
+            torch.nn.init.normal_(m.weight, std=0.2)
+            torch.nn.init.constant_(m.bias, 0.05)
+    fa, fb = torch.randn(2, 16, 4, 6), torch.randn(2, 16, 6, 4)
+    with torch.no_grad():
+        both = ncnet(fa, fb)
+        for i in range(2):
+            one = ncnet(fa[i : i + 1], fb[i : i + 1])
+            assert torch.allclose(both["corr"][i : i + 1], one["corr"], atol=1e-6)
+            assert torch.equal(both["offsets"][i : i + 1], one["offsets"])
+    assert both["shape_a"] == (4, 6) and both["shape_b"] == (6, 4)

@@ -164,6 +164,10 @@ def test_forward_rejects_bad_inputs():
         model(feats, feats[:3] + [torch.zeros(1, 8, 8, 12)], torch.zeros(3, 4), (96, 64), (96, 64))
     with pytest.raises(ValueError, match="image_size_a"):
         model(feats, feats, torch.zeros(3, 4), (96,), (96, 64))
+    with pytest.raises(ValueError, match="non-finite"):
+        model(feats, feats, torch.full((3, 4), float("nan")), (96, 64), (96, 64))
+    with pytest.raises(ValueError, match="at least 2 matches"):
+        model.train()(feats, feats, torch.ones(1, 4), (96, 64), (96, 64))
 
 
 # -- expansion -----------------------------------------------------------------------------------
@@ -180,6 +184,9 @@ def test_expand_anchors_order_and_count():
             assert block[k].tolist() == [dx, dy, 0, 0]
             assert block[4 + k].tolist() == [0, 0, dx, dy]
     assert expand_anchors(torch.zeros(0, 4)).shape == (0, 4)
+    model = Patch2Pix(small_conf(conv_dims=[16, 16], fc_dims=[16, 8]))
+    assert torch.equal(model.train().make_anchors(m), out)  # panc 8 in training
+    assert torch.equal(model.eval().make_anchors(m), m)  # proposals unexpanded at inference
 
 
 # -- Sampson distance --------------------------------------------------------------------------------
@@ -205,10 +212,15 @@ def test_sampson_matches_numpy_reference_and_batched_F():
     T[:3, :3], T[:3, 3] = R, [0.4, -0.1, 0.2]
     F = fundamental_from_pose(K, K, T)
     xa, xb = rng.uniform(0, 320, (50, 2)), rng.uniform(0, 240, (50, 2))
-    expected = sampson_distance_sq(F, xa, xb)
+    # the torch version normalises F (scale-invariant up to eps); the numpy helper does not, so
+    # on the raw pixel-frame F (denominator ~ 1e-5) its eps = 1e-8 biases it by ~0.3 %
+    expected = sampson_distance_sq(F / np.linalg.norm(F), xa, xb)
     got = sampson_distance_sq_torch(torch.from_numpy(F), torch.from_numpy(xa), torch.from_numpy(xb))
     assert got.dtype == torch.float64
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(got.numpy(), sampson_distance_sq(F, xa, xb), rtol=1e-2)
+    scaled = sampson_distance_sq_torch(torch.from_numpy(F * 1e5), torch.from_numpy(xa), torch.from_numpy(xb))
+    np.testing.assert_allclose(scaled.numpy(), expected, rtol=1e-10)  # independent of F's scale
     Fb = torch.from_numpy(F)[None].expand(50, 3, 3)
     got_b = sampson_distance_sq_torch(Fb, torch.from_numpy(xa).float(), torch.from_numpy(xb).float())
     np.testing.assert_allclose(got_b.numpy(), expected, rtol=1e-4)
@@ -333,7 +345,7 @@ def synthetic_pair(seed: int = 0, height: int = 96, width: int = 128):
 
 
 def toy_pyramid(image: torch.Tensor, convs: list[torch.nn.Conv2d]) -> list[torch.Tensor]:
-    """Frozen random-conv pyramid with strides 1, 2, 4, 8 and channels 3, 16, 16, 32."""
+    """Frozen random-conv pyramid with strides 1, 2, 4, 8 (a stand-in for the ResNet levels)."""
     x = (image[None] - 0.5) / 0.25
     feats = [x]
     with torch.no_grad():
@@ -346,16 +358,16 @@ def toy_pyramid(image: torch.Tensor, convs: list[torch.nn.Conv2d]) -> list[torch
 def test_short_training_run_lowers_the_loss():
     torch.manual_seed(0)
     img_a, img_b, F_np, H = synthetic_pair(0)
-    convs = [torch.nn.Conv2d(a, b, 3, padding=1) for a, b in ((3, 16), (16, 16), (16, 32))]
+    convs = [torch.nn.Conv2d(a, b, 3, padding=1) for a, b in ((3, 8), (8, 8), (8, 16))]
     feats_a, feats_b = toy_pyramid(img_a, convs), toy_pyramid(img_b, convs)
-    # 16 proposals: true correspondences on the plane, perturbed by up to 10 px in B
+    # 9 proposals: true correspondences on the plane, perturbed by up to 10 px in B
     rng = np.random.default_rng(0)
-    pa = np.stack(np.meshgrid(np.linspace(28, 100, 4), np.linspace(24, 72, 4)), -1).reshape(-1, 2)
+    pa = np.stack(np.meshgrid(np.linspace(28, 100, 3), np.linspace(24, 72, 3)), -1).reshape(-1, 2)
     pb = cv2.perspectiveTransform(pa[None], H)[0] + rng.uniform(-10, 10, pa.shape)
     proposals = torch.from_numpy(np.concatenate([pa, pb], 1)).float()
-    anchors = expand_anchors(proposals, 8)  # 128 anchors
     F = torch.from_numpy(F_np)
-    model = Patch2Pix(small_conf()).train()
+    model = Patch2Pix(cpu_sized({"feat_channels": [3, 8, 8, 16]})).train()  # widths 128
+    anchors = model.make_anchors(proposals)  # 72 anchors
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
     size = (img_a.shape[2], img_a.shape[1])
     losses = []
@@ -368,4 +380,4 @@ def test_short_training_run_lowers_the_loss():
         losses.append(out["loss"].item())
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert np.isfinite(losses).all()
-    assert last < 0.6 * first, losses
+    assert last < 0.6 * first, losses  # observed ratios 0.25-0.36 over seeds
