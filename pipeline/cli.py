@@ -1,4 +1,4 @@
-"""Command line: ``matchmill run | status | show | demo-data``.
+"""Command line: ``matchmill run | status | show | export | demo-data``.
 
 Config and storage problems stop before any work with one line on stderr and exit code 2.
 """
@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("-n", "--rows", type=int, default=10)
     show.add_argument("--failed", action="store_true", help="only failed rows")
 
+    export = sub.add_parser("export", help="write a run's verified matches as hloc keypoints.h5 / matches.h5")
+    export.add_argument("run_url")
+    export.add_argument("out", help="output folder (any fsspec URL)")
+    export.add_argument("--stage", default="verify", help="stage to export (default: verify)")
+    export.add_argument("--all-matches", action="store_true", help="keep RANSAC outliers too")
+    export.add_argument("--no-quantize", action="store_true", help="do not merge keypoints across pairs")
+    export.add_argument("--radius", type=float, default=4.0, help="quantisation merge radius (px)")
+    export.add_argument("--min-score", type=float, default=0.0, help="drop matches scoring below this")
+
     demo = sub.add_parser("demo-data", help="write the embedded demo scene (MegaDepth format)")
     demo.add_argument("out")
     demo.add_argument("--seed", type=int, default=0)
@@ -60,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_show(args)
         if args.command == "demo-data":
             return cmd_demo_data(args)
+        if args.command == "export":
+            return cmd_export(args)
     except (ConfigError, StorageError, ManifestError, FileNotFoundError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"matchmill: error: {message}", file=sys.stderr)
@@ -98,6 +109,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .status import show_stage
 
     print(show_stage(args.run_url, args.stage, rows=args.rows, failed_only=args.failed))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_hloc
+
+    summary = export_hloc(
+        args.run_url,
+        args.out,
+        stage=args.stage,
+        inliers_only=not args.all_matches,
+        quantize=not args.no_quantize,
+        radius=args.radius,
+        min_score=args.min_score,
+    )
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
 
 
