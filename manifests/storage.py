@@ -153,20 +153,25 @@ def write_manifest(table: pa.Table, url: str, manifest: str) -> int:
 
 
 def read_manifest(url: str, manifest: str, columns: Iterable[str] | None = None) -> pa.Table:
-    """Read one Parquet file and check it against the manifest schema."""
+    """Read one Parquet file (only ``columns`` when given) and check it against the schema."""
     schema = schema_of(manifest)
+    if columns is not None:
+        columns = list(columns)
+        unknown = [c for c in columns if c not in schema.names]
+        if unknown:
+            raise ManifestError(f"{url}: {manifest} manifest has no column(s) {unknown}")
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     fs, path = url_to_fs(url)
     try:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+            pf = pq.ParquetFile(f)
+            present = [c for c in (columns or []) if c in pf.schema_arrow.names]
+            table = pf.read(columns=present if columns is not None else None)
     except FileNotFoundError as exc:
         raise ManifestError(f"{url}: file not found") from exc
     except (pa.ArrowInvalid, OSError) as exc:
         raise ManifestError(f"{url}: not a readable Parquet file ({exc})") from exc
-    table = conform(table, schema, where=url)
-    if columns is not None:
-        table = table.select(list(columns))
-    return table
+    return conform(table, schema, where=url)
 
 
 def list_files(url: str, suffix: str = ".parquet") -> list[str]:

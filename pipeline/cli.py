@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-quantize", action="store_true", help="do not merge keypoints across pairs")
     export.add_argument("--radius", type=float, default=4.0, help="quantisation merge radius (px)")
     export.add_argument("--min-score", type=float, default=0.0, help="drop matches scoring below this")
+    export.add_argument("--cell", type=int, default=48, help="quantisation grid cell (px)")
+    export.add_argument("--coordinates", choices=("hloc", "colmap"), default="hloc",
+                        help="hloc: pixel centres at integers (hloc adds 0.5 itself); colmap: +0.5")
 
     demo = sub.add_parser("demo-data", help="write the embedded demo scene (MegaDepth format)")
     demo.add_argument("out")
@@ -122,7 +125,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         inliers_only=not args.all_matches,
         quantize=not args.no_quantize,
         radius=args.radius,
+        cell=args.cell,
         min_score=args.min_score,
+        coordinates=args.coordinates,
     )
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
