@@ -147,3 +147,19 @@ def test_cli_run_prints_the_auc_summary(tmp_path, demo_root, ray_local, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "AUC@10:" in out and "[ metrics] ran" in out
+
+
+def test_export_command_writes_hloc_files_of_a_real_run(full_run, tmp_path, capsys):
+    import h5py
+
+    from matchmill.pipeline.cli import main as cli_main
+
+    _, result, _ = full_run
+    assert cli_main(["export", result.run_url, str(tmp_path)]) == 0
+    assert "pairs=24" in capsys.readouterr().out
+    with h5py.File(tmp_path / "keypoints.h5", "r") as kp, h5py.File(tmp_path / "matches.h5", "r") as mt:
+        scene = kp["demo"]
+        assert len(scene) == read_stage(result.run_url, "images", "images").num_rows
+        first = next(iter(mt.values()))
+        pair = next(iter(first.values()))
+        assert pair["matches0"].dtype.kind == "i" and (pair["matches0"][()] >= -1).all()
