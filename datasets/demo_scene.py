@@ -1,9 +1,9 @@
 """Deterministic synthetic MegaDepth-format scene: the embedded default data of matchmill.
 
-:func:`write_demo_scene` renders a small sunlit courtyard (paving-slab ground, a brick facade
-with a repeated pattern, a windowed facade, a graffiti wall, two crates, a pillar and a bench, with
-baked cast shadows) with a vectorised numpy ray caster from known PINHOLE cameras on an arc
-around it, and writes::
+:func:`write_demo_scene` renders a small sunlit courtyard (paving-slab ground, a back facade of
+weathered brickwork, a shop front and a mural, a windowed facade, a graffiti wall, two crates, a
+pillar and a bench, with baked cast shadows) with a vectorised numpy ray caster from known
+PINHOLE cameras on an arc around it, and writes::
 
     <out>/<scene>/images/<name>.jpg    8-bit colour JPEG (H, W, 3)
     <out>/<scene>/depths/<stem>.h5     dataset "depth": float32 (H, W) z-depth in metres, 0 = sky
@@ -46,7 +46,7 @@ import numpy as np
 from .megadepth import sample_depth
 
 #: Bump whenever the rendered content or layout changes.
-DEMO_SCENE_VERSION = 1
+DEMO_SCENE_VERSION = 2
 MARKER_NAME = "demo_scene.json"
 #: Relative tolerance of the depth test that decides whether a 3D point is seen by a camera.
 VISIBILITY_REL_TOL = 0.01
@@ -54,6 +54,12 @@ VISIBILITY_REL_TOL = 0.01
 LIGHTMAP_TEXEL = 0.05
 #: Ambient light and sun strength of the Lambertian shading.
 AMBIENT, SUN_STRENGTH = 0.42, 0.75
+#: Per-image camera degradations: defocus blur sigma in [0, max] px, noise sigma range (8-bit
+#: levels), JPEG quality range.
+BLUR_SIGMA_MAX, NOISE_SIGMA, JPEG_QUALITY = 1.0, (1.5, 3.5), (80, 95)
+#: Range of the per-image strength of direct sunlight (1 = clear sky; the photos are taken at
+#: different moments, some under thin clouds with weaker shadows).
+SUN_RANGE = (0.45, 1.0)
 #: Number of 3D points sampled on the surfaces (before keeping those seen by >= 2 cameras).
 NUM_POINTS = 4000
 _SUN = np.array([0.45, -0.55, 0.70]) / np.linalg.norm([0.45, -0.55, 0.70])  # towards the sun
@@ -110,9 +116,13 @@ class Box:
     half: np.ndarray
 
 
-def _box(center_xy, size_xyz, yaw_deg, texture, texel, rng: np.random.Generator) -> tuple[list[Quad], Box]:
+def _box(center_xy, size_xyz, yaw_deg, texture, texel, top_row: float) -> tuple[list[Quad], Box]:
     """Four vertical faces and the top of a box standing on the ground (normals outwards), and
-    its oriented bounding box."""
+    its oriented bounding box.
+
+    The vertical faces wrap around the box on texture rows ``[0, sz / texel]`` with continuous
+    texture columns (no face repeats another), the top uses rows from ``top_row`` on.
+    """
     sx, sy, sz = size_xyz
     c = np.array([center_xy[0], center_xy[1], 0.0])
     yaw = np.deg2rad(yaw_deg)
@@ -126,31 +136,57 @@ def _box(center_xy, size_xyz, yaw_deg, texture, texel, rng: np.random.Generator)
         (corner + ex * sx, ey, ez, (sy, sz)),  # +x face: ey x ez = +ex
         (corner + ex * sx + ey * sy, -ex, ez, (sx, sz)),  # +y face: -ex x ez = +ey
         (corner + ey * sy, -ey, ez, (sy, sz)),  # -x face: -ey x ez = -ex
-        (corner + ez * sz, ex, ey, (sx, sy)),  # top: ex x ey = +ez
     ]
-    quads = [_quad(o, u, v, sz_, texture, texel, offset=tuple(rng.uniform(0, 512, 2)))
-             for o, u, v, sz_ in faces]
+    quads, col = [], 0.0
+    for o, u, v, sz_ in faces:
+        quads.append(_quad(o, u, v, sz_, texture, texel, offset=(col, 0.0)))
+        col += sz_[0] / texel
+    quads.append(_quad(corner + ez * sz, ex, ey, (sx, sy), texture, texel, offset=(0.0, top_row)))  # top
     box = Box(c + ez * sz / 2, np.stack([ex, ey, ez]), np.array([sx, sy, sz]) / 2)
     return quads, box
 
 
 # --------------------------------------------------------------------------------------------
-# procedural textures (float32 RGB in [0, 1], periodic so that wrapping shows no seam)
+# procedural textures (float32 RGB in [0, 1], (H, W, 3) with H, W multiples of 32)
+#
+# Every texture is at least as large as the surfaces it covers, so no surface shows the same
+# texture patch twice (a wrapped texture is an exactly periodic pattern that wide-baseline
+# matchers cannot disambiguate). Repetition comes only from the modelled structure: brick
+# courses, paving slabs, window rows, crate planks, each varied at several scales.
 
 
-def _fractal_noise(rng: np.random.Generator, size: int, beta: float = 2.0, min_freq: float = 2.0) -> np.ndarray:
-    """(size, size) periodic noise with power spectrum 1/f^beta, normalised to zero mean, unit std."""
-    white = rng.standard_normal((size, size))
-    f = np.sqrt(np.fft.fftfreq(size)[:, None] ** 2 + np.fft.rfftfreq(size)[None, :] ** 2) * size
-    amp = np.where(f >= min_freq, np.maximum(f, 1.0) ** (-beta / 2), 0.0)
-    out = np.fft.irfft2(np.fft.rfft2(white) * amp, s=(size, size))
-    return ((out - out.mean()) / (out.std() + 1e-12)).astype(np.float32)
+def _fractal_noise(rng: np.random.Generator, shape, beta: float = 2.0, min_freq: float = 2.0) -> np.ndarray:
+    """(H, W) float32 noise with power spectrum 1/f^beta (f in cycles per max(H, W)), zero mean,
+    unit std. ``shape`` is (H, W) or an int for a square.
+
+    Smooth noise (beta >= 2.4) of large images is synthesised at a quarter of the resolution and
+    upsampled (its spectrum above that is negligible), which keeps big textures cheap.
+    """
+    h, w = (int(shape), int(shape)) if np.isscalar(shape) else (int(shape[0]), int(shape[1]))
+    if beta >= 2.4 and min(h, w) >= 256:
+        small = _fractal_noise(rng, (h // 4, w // 4), beta, min_freq)
+        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        return ((out - out.mean()) / (out.std() + 1e-12)).astype(np.float32)
+    white = rng.standard_normal((h, w), dtype=np.float32)
+    f = np.sqrt(np.fft.fftfreq(h).astype(np.float32)[:, None] ** 2
+                + np.fft.rfftfreq(w).astype(np.float32)[None, :] ** 2) * np.float32(max(h, w))
+    amp = np.where(f >= min_freq, np.maximum(f, 1.0) ** np.float32(-beta / 2), np.float32(0.0))
+    out = np.fft.irfft2(np.fft.rfft2(white) * amp, s=(h, w)).astype(np.float32)
+    return (out - out.mean()) / (out.std() + 1e-12)
+
+
+def _streaks(rng: np.random.Generator, shape, stretch: int = 24) -> np.ndarray:
+    """(H, W) zero-mean noise stretched vertically (rain and soot streaks)."""
+    h, w = shape
+    n = _fractal_noise(rng, (max(h // stretch, 8), w), 1.4)
+    return cv2.resize(n, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _colorize(gray: np.ndarray, c0, c1) -> np.ndarray:
-    """Map (H, W) values in [0, 1] to (H, W, 3) between colours c0 and c1."""
-    g = np.clip(gray, 0, 1)[..., None]
-    return (np.asarray(c0, np.float32) * (1 - g) + np.asarray(c1, np.float32) * g).astype(np.float32)
+    """Map (H, W) values in [0, 1] to (H, W, 3) float32 between colours c0 and c1."""
+    g = np.clip(gray, 0, 1).astype(np.float32)[..., None]
+    c0 = np.asarray(c0, np.float32)
+    return c0 + g * (np.asarray(c1, np.float32) - c0)
 
 
 def _jitter(rng: np.random.Generator, s: float) -> float:
@@ -162,84 +198,60 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _col(c) -> tuple[float, float, float]:
+    return tuple(float(x) for x in c)
+
+
 def _draw_blobs(img: np.ndarray, rng: np.random.Generator, count: int, rmin: float, rmax: float,
                 palette: np.ndarray, alpha: float = 1.0) -> None:
     """Draw ``count`` anti-aliased filled ellipses in place (img: (H, W, 3) float32)."""
-    size = img.shape[0]
+    h, w = img.shape[:2]
     layer = img.copy()
     for _ in range(count):
-        c = (int(rng.integers(0, size)), int(rng.integers(0, size)))
+        c = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         axes = (int(rng.uniform(rmin, rmax)), int(rng.uniform(rmin, rmax)))
-        col = tuple(float(x) for x in palette[rng.integers(len(palette))] * rng.uniform(0.7, 1.1))
+        col = _col(palette[rng.integers(len(palette))] * rng.uniform(0.7, 1.1))
         cv2.ellipse(layer, c, axes, float(rng.uniform(0, 180)), 0, 360, col, -1, cv2.LINE_AA)
     img[:] = img * (1 - alpha) + layer * alpha
 
 
 def _draw_lines(img: np.ndarray, rng: np.random.Generator, count: int, palette: np.ndarray,
-                thickness: tuple[int, int] = (1, 4)) -> None:
+                thickness: tuple[int, int] = (1, 4), length: int | None = None) -> None:
     """Draw ``count`` anti-aliased random strokes in place (img: (H, W, 3) float32)."""
-    size = img.shape[0]
+    h, w = img.shape[:2]
+    length = length or min(h, w) // 3
     for _ in range(count):
-        p0 = rng.integers(0, size, 2)
-        p1 = p0 + rng.integers(-size // 3, size // 3, 2)
-        col = tuple(float(x) for x in palette[rng.integers(len(palette))])
-        cv2.line(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), col,
+        p0 = np.array([rng.integers(0, w), rng.integers(0, h)])
+        p1 = p0 + rng.integers(-length, length, 2)
+        cv2.line(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), _col(palette[rng.integers(len(palette))]),
                  int(rng.integers(thickness[0], thickness[1] + 1)), cv2.LINE_AA)
 
 
-def _texture_paving(rng: np.random.Generator, size: int = 1024, slab: int = 32) -> np.ndarray:
-    """Ground: irregular slabs (per-slab tone) with grout, stains and a few painted lines."""
-    n = size // slab
-    tone = rng.uniform(0.75, 1.15, (n, n)).astype(np.float32)
-    yy, xx = np.mgrid[0:size, 0:size]
-    shift = (yy // slab % 2) * (slab // 2)  # running bond
-    ix = ((xx + shift) // slab) % n
-    iy = yy // slab
-    slab_tone = tone[iy, ix]
-    gx, gy = (xx + shift) % slab, yy % slab
-    grout = (np.minimum(gx, slab - 1 - gx) < 1.5) | (np.minimum(gy, slab - 1 - gy) < 1.5)
-    noise = 0.5 + 0.12 * _fractal_noise(rng, size, 1.6) + 0.08 * _fractal_noise(rng, size, 3.0)
-    base = _colorize(noise * slab_tone, (0.35, 0.33, 0.30), (0.80, 0.76, 0.68))
-    base[grout] *= 0.45
-    stains = _sigmoid(4 * _fractal_noise(rng, size, 3.2) - 4)[..., None]
-    base = base * (1 - 0.5 * stains) + stains * 0.5 * np.array([0.25, 0.22, 0.18], np.float32)
-    _draw_lines(base, rng, 6, np.array([[0.95, 0.9, 0.3], [0.9, 0.9, 0.9]], np.float32), (6, 10))
-    return np.clip(base, 0, 1).astype(np.float32)
+_WORDS = ["CAFE", "OPEN", "SALE", "JAZZ", "NOON", "MARKET", "BAKERY", "LIVE", "RAY", "TICKETS",
+          "CIRCUS", "POST", "HOTEL", "BAR", "FILM", "GRAND", "NORTH", "12", "47", "1908", "EXPO",
+          "TAXI", "METRO", "DANCE", "BOOKS", "PIZZA", "QUIZ", "ART", "FOLK", "KIOSK"]
 
 
-def _texture_bricks(rng: np.random.Generator, size: int = 512, bw: int = 64, bh: int = 32) -> np.ndarray:
-    """Repeated brick pattern: small per-brick colour jitter, mortar, weathering noise."""
-    ny, nx = size // bh, size // bw
-    col = np.array([0.62, 0.30, 0.20], np.float32) * rng.uniform(0.85, 1.1, (ny, nx, 1)).astype(np.float32)
-    col += rng.normal(0, 0.02, (ny, nx, 3)).astype(np.float32)
-    yy, xx = np.mgrid[0:size, 0:size]
-    shift = (yy // bh % 2) * (bw // 2)
-    ix, iy = ((xx + shift) // bw) % nx, yy // bh
-    img = col[iy, ix]
-    gx, gy = (xx + shift) % bw, yy % bh
-    mortar = (np.minimum(gx, bw - 1 - gx) < 2.5) | (np.minimum(gy, bh - 1 - gy) < 2.5)
-    img[mortar] = np.array([0.72, 0.70, 0.65], np.float32)
-    img = img * (1 + 0.10 * _fractal_noise(rng, size, 1.2)[..., None])
-    dirt = _sigmoid(3 * _fractal_noise(rng, size, 3.0) - 2.5)[..., None]
-    return np.clip(img * (1 - 0.35 * dirt), 0, 1).astype(np.float32)
+def _text(img: np.ndarray, text: str, org, height: float, color, thickness: int = 2,
+          font: int = cv2.FONT_HERSHEY_DUPLEX) -> None:
+    """Anti-aliased text in place (img: (H, W, 3) float32), ~``height`` texels tall, baseline-left
+    corner ``org``. Drawn into an 8-bit coverage mask (cv2.putText needs 8-bit images) and blended."""
+    scale, thickness = height / 27.0, max(1, int(thickness))
+    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+    pad = thickness + 2
+    x0, y0 = int(org[0]) - pad, int(org[1]) - th - pad
+    x1, y1 = int(org[0]) + tw + pad, int(org[1]) + base + pad
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, img.shape[1]), min(y1, img.shape[0])
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.putText(mask, text, (pad, th + pad), font, scale, 255, thickness, cv2.LINE_AA)
+    a = (mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0].astype(np.float32) / 255.0)[..., None]
+    img[cy0:cy1, cx0:cx1] = img[cy0:cy1, cx0:cx1] * (1 - a) + np.asarray(color, np.float32) * a
 
 
-def _texture_windows(rng: np.random.Generator, size: int = 512, cell: int = 128) -> np.ndarray:
-    """Plaster facade with a grid of windows (frames, dark glass with reflections)."""
-    img = _colorize(0.5 + 0.15 * _fractal_noise(rng, size, 2.5), (0.70, 0.62, 0.48), (0.92, 0.86, 0.72))
-    refl = 0.5 + 0.25 * _fractal_noise(rng, size, 2.0, min_freq=4)
-    for gy in range(size // cell):
-        for gx in range(size // cell):
-            x0, y0 = gx * cell + 32, gy * cell + 20
-            x1, y1 = x0 + 64, y0 + 88
-            img[y0 - 5:y1 + 5, x0 - 5:x1 + 5] = (0.30, 0.26, 0.22)
-            glass = _colorize(refl[y0:y1, x0:x1], (0.08, 0.10, 0.14), (0.45, 0.55, 0.65))
-            img[y0:y1, x0:x1] = glass * rng.uniform(0.7, 1.2)
-            img[(y0 + y1) // 2 - 2:(y0 + y1) // 2 + 2, x0:x1] = (0.30, 0.26, 0.22)
-            img[y0:y1, (x0 + x1) // 2 - 2:(x0 + x1) // 2 + 2] = (0.30, 0.26, 0.22)
-            if rng.random() < 0.5:  # a shutter or curtain, so not every window looks alike
-                img[y0:y1, x0:x0 + int(rng.integers(10, 30))] = rng.uniform(0.2, 0.8, 3)
-    return np.clip(img, 0, 1).astype(np.float32)
+def _words(rng: np.random.Generator, n: int = 1) -> str:
+    return " ".join(_WORDS[int(i)] for i in rng.integers(0, len(_WORDS), n))
 
 
 _GRAFFITI = np.array(
@@ -249,38 +261,425 @@ _GRAFFITI = np.array(
 )
 
 
-def _texture_graffiti(rng: np.random.Generator, size: int = 512) -> np.ndarray:
-    """Concrete with posters, blobs and strokes: rich, non-repetitive texture."""
-    img = _colorize(0.5 + 0.18 * _fractal_noise(rng, size, 1.8), (0.38, 0.38, 0.40), (0.75, 0.74, 0.72))
-    for _ in range(7):  # posters
-        x0, y0 = rng.integers(0, size - 120, 2)
-        w, h = rng.integers(50, 120, 2)
-        poster = _colorize(0.5 + 0.3 * _fractal_noise(rng, 128, 2.4)[:h, :w], _GRAFFITI[rng.integers(8)],
-                           _GRAFFITI[rng.integers(8)])
-        img[y0:y0 + h, x0:x0 + w] = poster
-    _draw_blobs(img, rng, 40, 6, 40, _GRAFFITI, alpha=0.85)
-    _draw_lines(img, rng, 50, _GRAFFITI, (2, 6))
+def _poster(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) printed bill: coloured paper, a picture block, a headline and lines of text."""
+    bg, ink, acc = (_GRAFFITI[i] for i in rng.choice(8, 3, replace=False))
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = bg * 0.9
+    img *= (1 + 0.06 * _fractal_noise(rng, (h, w), 1.5))[..., None]
+    px, py = int(rng.integers(2, max(3, w // 3))), int(rng.integers(h // 4, h // 2))
+    cv2.rectangle(img, (px, py), (px + int(w * rng.uniform(0.35, 0.6)), py + int(h * rng.uniform(0.2, 0.35))),
+                  _col(acc), -1, cv2.LINE_AA)
+    cv2.circle(img, (int(rng.integers(w // 4, 3 * w // 4)), int(rng.integers(h // 3, 2 * h // 3))),
+               int(rng.integers(max(3, w // 10), max(4, w // 4))), _col(ink * 0.8 + acc * 0.2), -1, cv2.LINE_AA)
+    _text(img, _words(rng), (3, max(8, h // 5)), max(5, h // 7), ink, max(1, h // 40))
+    for k in range(int(rng.integers(2, 5))):
+        y = int(h * (0.72 + 0.07 * k))
+        if y < h - 2:
+            _text(img, _words(rng, 2), (3, y), max(3, h // 18), ink, 1, cv2.FONT_HERSHEY_SIMPLEX)
+    return img
+
+
+def _paste(img: np.ndarray, patch: np.ndarray, x0: int, y0: int, rng: np.random.Generator | None = None,
+           torn: float = 0.0, alpha: float = 1.0) -> None:
+    """Paste ``patch`` at (x0, y0) in place (clipped); ``torn`` > 0 removes noisy pieces."""
+    H, W = img.shape[:2]
+    h, w = patch.shape[:2]
+    x1, y1 = min(W, x0 + w), min(H, y0 + h)
+    if x1 <= x0 or y1 <= y0:
+        return
+    a = np.full((y1 - y0, x1 - x0), alpha, np.float32)
+    if torn > 0 and rng is not None:
+        n = _fractal_noise(rng, (max(h, w), max(h, w)), 2.2)[: y1 - y0, : x1 - x0]
+        a *= (n > torn * 2.5 - 1.5 + np.linspace(0, 2 * torn, x1 - x0)[None, :]).astype(np.float32)
+    img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - a[..., None]) + patch[: y1 - y0, : x1 - x0] * a[..., None]
+
+
+def _texture_paving(rng: np.random.Generator, size: int = 1600, slab: int = 32) -> np.ndarray:
+    """Ground: slabs in rows with random offsets (per-slab tone, a few replaced or cracked), grout,
+    stains, leaves, painted lines, a manhole cover and a drain grate."""
+    n = size // slab
+    tone = rng.uniform(0.72, 1.18, (n, n + 1)).astype(np.float32)
+    odd = rng.random((n, n + 1)) < 0.05  # replaced slabs of another stone
+    yy, xx = np.arange(size, dtype=np.int32)[:, None], np.arange(size, dtype=np.int32)[None, :]
+    row_shift = rng.integers(0, slab, n).astype(np.int32)  # random bond: every row offset differently
+    iy = yy // slab
+    shift = row_shift[iy]
+    ix = (xx + shift) // slab
+    slab_tone = tone[iy, ix]
+    gx, gy = (xx + shift) % slab, yy % slab
+    grout = (np.minimum(gx, slab - 1 - gx) < 1.5) | (np.minimum(gy, slab - 1 - gy) < 1.5)
+    noise = 0.5 + 0.12 * _fractal_noise(rng, size, 1.6) + 0.08 * _fractal_noise(rng, size, 3.0)
+    base = _colorize(noise * slab_tone, (0.35, 0.33, 0.30), (0.80, 0.76, 0.68))
+    m = odd[iy, ix]
+    base[m] = base[m] * np.array([0.85, 0.88, 1.0], np.float32) * 0.8
+    base[grout] *= 0.45
+    stains = _sigmoid(4 * _fractal_noise(rng, size, 3.2) - 4)[..., None]
+    base = base * (1 - 0.5 * stains) + stains * 0.5 * np.array([0.25, 0.22, 0.18], np.float32)
+    _draw_lines(base, rng, 40, np.array([[0.22, 0.21, 0.19]], np.float32), (1, 2), length=20)  # cracks
+    _draw_blobs(base, rng, 60, 2, 6, np.array([[0.55, 0.35, 0.12], [0.45, 0.28, 0.10], [0.6, 0.5, 0.15]],
+                                                np.float32), alpha=0.9)  # leaves
+    _draw_lines(base, rng, 10, np.array([[0.95, 0.9, 0.3], [0.9, 0.9, 0.9]], np.float32), (6, 10))
+    for _ in range(2):  # manhole covers: a ring and a cross-hatched disc
+        c = (int(rng.integers(300, 1300)), int(rng.integers(500, 1200)))
+        cv2.circle(base, c, 24, (0.18, 0.17, 0.16), -1, cv2.LINE_AA)
+        cv2.circle(base, c, 24, (0.35, 0.33, 0.3), 2, cv2.LINE_AA)
+        for k in range(-18, 19, 6):
+            cv2.line(base, (c[0] + k, c[1] - 20), (c[0] + k, c[1] + 20), (0.3, 0.28, 0.26), 1, cv2.LINE_AA)
+    x0, y0 = int(rng.integers(400, 1200)), int(rng.integers(600, 1100))
+    base[y0:y0 + 14, x0:x0 + 60] = (0.12, 0.12, 0.12)  # drain grate
+    base[y0 + 2:y0 + 12, x0 + 2:x0 + 58:4] = (0.4, 0.4, 0.4)
+    return np.clip(base, 0, 1).astype(np.float32)
+
+
+def _brick_panel(rng: np.random.Generator, h: int, w: int, course: int = 20, bmin: int = 30,
+                 bmax: int = 52, mortar: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Irregular bricks: course heights ``course`` +- 2, brick lengths in [bmin, bmax], random joints.
+
+    Returns brick id (h, w) int32, mortar mask (h, w) bool and brick centres (N, 2) (x, y).
+    """
+    ids = np.zeros((h, w), np.int32)
+    mort = np.zeros((h, w), bool)
+    cols = np.arange(w)
+    centres = []
+    y0 = nid = 0
+    while y0 < h:
+        y1 = min(h, y0 + course + int(rng.integers(-2, 3)))
+        edges = [-int(rng.integers(0, bmax))]
+        while edges[-1] < w:
+            edges.append(edges[-1] + int(rng.integers(bmin, bmax + 1)))
+        e = np.array(edges)
+        k = np.searchsorted(e, cols, side="right") - 1
+        ids[y0:y1] = nid + k
+        mort[y0:y1] = (np.minimum(cols - e[k], e[k + 1] - 1 - cols) < mortar / 2)[None, :]
+        mort[max(y0, y1 - mortar):y1] = True
+        centres += [((a + b) / 2, (y0 + y1) / 2) for a, b in zip(e[:-1], e[1:])]
+        nid += len(e) - 1
+        y0 = y1
+    return ids, mort, np.array(centres, np.float32)
+
+
+_BRICK_COLOURS = np.array([[0.62, 0.30, 0.20], [0.54, 0.24, 0.16], [0.70, 0.40, 0.25], [0.46, 0.29, 0.21],
+                           [0.30, 0.18, 0.14], [0.74, 0.60, 0.43]], np.float32)
+
+
+def _bricks(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) weathered brickwork: irregular bonds, brick colours from several batches, patches
+    of repair, a bricked-up window with stone lintel, soot streaks, efflorescence and damp."""
+    ids, mort, centres = _brick_panel(rng, h, w)
+    nb = len(centres)
+    kind = rng.choice(len(_BRICK_COLOURS), nb, p=[0.55, 0.25, 0.08, 0.08, 0.03, 0.01])
+    col = _BRICK_COLOURS[kind] * rng.uniform(0.88, 1.1, (nb, 1)).astype(np.float32)
+    col += rng.normal(0, 0.015, (nb, 3)).astype(np.float32)
+    # repairs: newer, cleaner bricks in a few irregular regions
+    for _ in range(2):
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        rx, ry = rng.uniform(40, 140), rng.uniform(30, 90)
+        m = ((centres[:, 0] - cx) / rx) ** 2 + ((centres[:, 1] - cy) / ry) ** 2 < 1
+        col[m] = np.array([0.78, 0.42, 0.30], np.float32) * rng.uniform(0.9, 1.08, (int(m.sum()), 1))
+    # bricked-up window: darker bricks, stone lintel and sill
+    bx, by = int(rng.integers(40, max(41, w - 200))), int(rng.integers(60, 160))
+    bw, bh = int(rng.integers(90, 130)), int(rng.integers(140, 190))
+    m = (centres[:, 0] > bx) & (centres[:, 0] < bx + bw) & (centres[:, 1] > by) & (centres[:, 1] < by + bh)
+    col[m] *= np.array([0.7, 0.75, 0.8], np.float32)
+    img = col[ids]
+    img *= (1 + 0.16 * _fractal_noise(rng, (h, w), 3.0) + 0.08 * _fractal_noise(rng, (h, w), 1.0))[..., None]
+    mortar_col = _colorize(0.5 + 0.2 * _fractal_noise(rng, (h, w), 2.0), (0.50, 0.48, 0.44), (0.80, 0.78, 0.72))
+    img[mort] = mortar_col[mort]
+    stone = _colorize(0.55 + 0.15 * _fractal_noise(rng, (24, bw + 40), 1.5), (0.55, 0.53, 0.48), (0.85, 0.82, 0.75))
+    img[max(0, by - 24):by, bx - 20:bx + bw + 20] = stone[-min(24, by):]
+    img[by + bh:by + bh + 14, bx - 10:bx + bw + 10] = stone[:14, : bw + 20] * 0.95
+    # weathering: soot and rain streaks from the top, efflorescence, rising damp at the bottom
+    top = np.exp(-np.arange(h, dtype=np.float32) / (0.45 * h))[:, None]
+    soot = (_sigmoid(3 * _streaks(rng, (h, w)) - 1.5) * top)[..., None]
+    img = img * (1 - 0.4 * soot)
+    eff = _sigmoid(4 * _fractal_noise(rng, (h, w), 2.6) - 6.5)[..., None]
+    img = img * (1 - 0.6 * eff) + 0.6 * eff * np.array([0.85, 0.84, 0.80], np.float32)
+    edge = h - 50 + 18 * _fractal_noise(rng, (8, w), 2.0)[0]
+    damp = _sigmoid((np.arange(h)[:, None] - edge[None, :]) / 4.0)[..., None]
+    img = img * (1 - 0.35 * damp) * (1 - 0.15 * damp * np.array([1, 0, 1], np.float32))
+    # a ghost sign: faded painted letters
+    gy = int(rng.integers(60, 140))
+    layer = img.copy()
+    _text(layer, _words(rng), (int(rng.integers(10, max(11, w // 3))), gy), 55, (0.88, 0.86, 0.78), 7)
+    img = 0.6 * img + 0.4 * layer
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def _texture_crate(rng: np.random.Generator, size: int = 512, base=(0.55, 0.42, 0.28)) -> np.ndarray:
-    """Boxes: wood/metal-like panels with planks, rivets and stickers."""
-    grain = 0.5 + 0.2 * _fractal_noise(rng, size, 2.2) + 0.1 * np.sin(np.arange(size) / 3.0)[None, :]
+def _stone_strip(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) dressed stone (pilaster, coping): blocks of random height with joints."""
+    img = _colorize(0.55 + 0.15 * _fractal_noise(rng, (h, w), 1.8), (0.52, 0.50, 0.46), (0.86, 0.83, 0.76))
+    y = int(rng.integers(0, 40))
+    while y < h:
+        img[y:y + 2] *= 0.55
+        y += int(rng.integers(30, 70))
+    return img
+
+
+def _shopfront(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) stucco shop front: upper windows with curtains, sign board with lettering, striped
+    awning, shop window with a display, a panelled door, a lamp, a number plate."""
+    img = _colorize(0.5 + 0.15 * _fractal_noise(rng, (h, w), 2.4), (0.72, 0.64, 0.48), (0.94, 0.88, 0.72))
+    img *= (1 - 0.25 * _sigmoid(3 * _streaks(rng, (h, w)) - 2.5))[..., None]
+    for k, x0 in enumerate((int(w * 0.14), int(w * 0.58))):  # upper floor windows, each different
+        y0, ww, hh = 70, int(w * 0.26), 150
+        img[y0 - 8:y0 + hh + 8, x0 - 8:x0 + ww + 8] = (0.92, 0.92, 0.88)
+        glass = _colorize(0.45 + 0.25 * _fractal_noise(rng, (hh, ww), 2.0, 3), (0.06, 0.08, 0.12), (0.4, 0.5, 0.6))
+        img[y0:y0 + hh, x0:x0 + ww] = glass
+        cur = _GRAFFITI[rng.integers(8)] * 0.8
+        cw = int(rng.integers(ww // 5, ww // 2))
+        if k == 0:
+            img[y0:y0 + hh, x0:x0 + cw] = cur
+        else:
+            img[y0:y0 + int(rng.integers(hh // 4, hh // 2)), x0:x0 + ww] = cur  # blind
+        img[y0:y0 + hh, x0 + ww // 2 - 3:x0 + ww // 2 + 3] = (0.92, 0.92, 0.88)
+        img[y0 + hh + 8:y0 + hh + 20, x0 - 16:x0 + ww + 16] = (0.78, 0.76, 0.7)  # sill
+        _draw_blobs(img[y0 + hh - 10:y0 + hh + 8, x0:x0 + ww], rng, 10, 3, 8,
+                    np.array([[0.2, 0.5, 0.2], [0.8, 0.2, 0.25], [0.9, 0.8, 0.2]], np.float32))
+    sy0 = 270  # sign board
+    board = np.array([0.10, 0.28, 0.20], np.float32) * rng.uniform(0.8, 1.2)
+    img[sy0:sy0 + 60, 20:w - 20] = board
+    img[sy0:sy0 + 4, 20:w - 20] = img[sy0 + 56:sy0 + 60, 20:w - 20] = (0.75, 0.62, 0.25)
+    _text(img, _words(rng), (40, sy0 + 46), 36, (0.90, 0.78, 0.35), 4)
+    _text(img, _words(rng), (w // 2 + 20, sy0 + 40), 24, (0.95, 0.95, 0.9), 2)
+    aw = np.arange(w - 60)
+    stripes = ((aw // 18) % 2).astype(np.float32)[None, :, None]  # awning
+    img[sy0 + 64:sy0 + 92, 30:w - 30] = (stripes * np.array([0.75, 0.15, 0.15]) + (1 - stripes) * 0.9)[0]
+    img[sy0 + 92:sy0 + 98, 30:w - 30] *= 0.5
+    wx0, wy0, ww, wh = 30, 380, int(w * 0.5), 170  # shop window with a display
+    img[wy0 - 6:wy0 + wh + 6, wx0 - 6:wx0 + ww + 6] = (0.2, 0.18, 0.16)
+    img[wy0:wy0 + wh, wx0:wx0 + ww] = _colorize(0.35 + 0.25 * _fractal_noise(rng, (wh, ww), 2.2, 3),
+                                                (0.05, 0.06, 0.08), (0.45, 0.52, 0.58))
+    disp = img[wy0 + wh // 2:wy0 + wh, wx0:wx0 + ww]
+    _draw_blobs(disp, rng, 18, 5, 18, _GRAFFITI, alpha=0.9)
+    _text(img, _words(rng), (wx0 + 10, wy0 + 40), 22, (0.95, 0.95, 0.95), 2)
+    dx0, dw = int(w * 0.64), 95  # panelled door
+    img[wy0 - 20:h, dx0 - 8:dx0 + dw + 8] = (0.85, 0.83, 0.78)
+    door = np.array([0.45, 0.12, 0.10], np.float32) * rng.uniform(0.8, 1.2)
+    img[wy0 - 12:h, dx0:dx0 + dw] = door
+    for py, ph in ((wy0, 70), (wy0 + 90, 100)):
+        img[py:py + ph, dx0 + 12:dx0 + dw - 12] = door * 0.7
+    cv2.circle(img, (dx0 + dw - 16, wy0 + 85), 5, (0.85, 0.75, 0.3), -1, cv2.LINE_AA)
+    img[wy0 - 60:wy0 - 36, dx0 + dw + 20:dx0 + dw + 50] = (0.15, 0.2, 0.5)  # number plate
+    _text(img, str(int(rng.integers(2, 99))), (dx0 + dw + 22, wy0 - 40), 16, (1, 1, 1), 2)
+    cv2.circle(img, (dx0 - 30, wy0 - 50), 12, (0.95, 0.9, 0.7), -1, cv2.LINE_AA)  # lamp
+    img[wy0 - 50:wy0 - 38, dx0 - 34:dx0 - 26] = (0.1, 0.1, 0.1)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _mural(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) painted mural on plaster: large shapes, waves, a sun, lettering, drips; faded."""
+    base = _colorize(0.5 + 0.15 * _fractal_noise(rng, (h, w), 2.0), (0.25, 0.45, 0.50), (0.55, 0.75, 0.78))
+    img = base.copy()
+    for _ in range(7):
+        c = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.ellipse(img, c, (int(rng.integers(30, 120)), int(rng.integers(30, 120))), float(rng.uniform(0, 180)),
+                    0, 360, _col(_GRAFFITI[rng.integers(8)]), -1, cv2.LINE_AA)
+    for _ in range(3):
+        x = np.arange(0, w, 4)
+        y = rng.uniform(0.2, 0.9) * h + rng.uniform(15, 50) * np.sin(x / rng.uniform(25, 70) + rng.uniform(0, 6))
+        cv2.polylines(img, [np.stack([x, y], 1).astype(np.int32)], False, _col(_GRAFFITI[rng.integers(8)]),
+                      int(rng.integers(8, 20)), cv2.LINE_AA)
+    c = (int(rng.integers(w // 4, 3 * w // 4)), int(rng.integers(80, 200)))
+    for k in range(11):  # sun with irregular rays
+        ang = k * 2 * np.pi / 11 + rng.uniform(-0.2, 0.2)
+        r = rng.uniform(70, 110)
+        cv2.line(img, c, (int(c[0] + r * np.cos(ang)), int(c[1] + r * np.sin(ang))), (0.98, 0.75, 0.15), 6, cv2.LINE_AA)
+    cv2.circle(img, c, 45, (0.98, 0.82, 0.2), -1, cv2.LINE_AA)
+    cv2.circle(img, (c[0] - 14, c[1] - 8), 6, (0.1, 0.1, 0.1), -1, cv2.LINE_AA)
+    cv2.circle(img, (c[0] + 14, c[1] - 8), 6, (0.1, 0.1, 0.1), -1, cv2.LINE_AA)
+    cv2.ellipse(img, (c[0], c[1] + 10), (20, 12), 0, 0, 180, (0.1, 0.1, 0.1), 3, cv2.LINE_AA)
+    _text(img, _words(rng), (int(rng.integers(10, max(11, w // 3))), h - 110), 60, (0.95, 0.95, 0.92), 9)
+    _draw_lines(img, rng, 25, _GRAFFITI, (2, 3), length=40)
+    fade = _sigmoid(3 * _fractal_noise(rng, (h, w), 2.4) - 2.0)[..., None]
+    img = img * (1 - 0.6 * fade) + base * 0.6 * fade
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _texture_back_facade(rng: np.random.Generator, shape=(640, 2048), used=(600, 2000)) -> np.ndarray:
+    """The back facade (used area ``used`` = (rows, cols) texels, row 0 at the top): weathered
+    brickwork on the left half, a stucco shop front and a mural on the right quarters,
+    separated by stone pilasters, under a stone coping, with posters, a drainpipe and dirt."""
+    h, w = used
+    img = np.zeros(shape + (3,), np.float32)
+    b1, b2 = int(0.50 * w), int(0.75 * w)  # section boundaries (columns)
+    img[:h, :b1] = _bricks(rng, h, b1)
+    img[:h, b1:b2] = _shopfront(rng, h, b2 - b1)
+    img[:h, b2:w] = _mural(rng, h, w - b2)
+    for x in (b1 - 12, b2 - 12):
+        img[:h, x:x + 24] = _stone_strip(rng, h, 24)
+    img[:18, :w] = _stone_strip(rng, w, 18).transpose(1, 0, 2)  # coping
+    img[18:22, :w] *= 0.5
+    for _ in range(3):  # posters on the brickwork, some torn
+        ph, pw = int(rng.integers(60, 110)), int(rng.integers(45, 80))
+        _paste(img, _poster(rng, ph, pw), int(rng.integers(20, b1 - pw - 20)), int(rng.integers(260, h - ph - 40)),
+               rng, torn=float(rng.choice([0.0, 0.3, 0.6])))
+    px = int(rng.integers(b1 // 3, 2 * b1 // 3))  # drainpipe with brackets at irregular heights
+    pipe = (0.25 + 0.3 * np.sin(np.linspace(0.2, np.pi - 0.2, 10)))[None, :, None] * np.array([0.9, 0.95, 1.0])
+    img[18:h, px:px + 10] = pipe
+    y = 40
+    while y < h - 20:
+        img[y:y + 6, px - 3:px + 13] = (0.2, 0.2, 0.22)
+        y += int(rng.integers(90, 170))
+    edge = h - 30 + 10 * _fractal_noise(rng, (8, w), 2.0)[0]
+    dirt = _sigmoid((np.arange(h)[:, None] - edge[None, :]) / 3.0)[..., None]
+    img[:h, :w] *= 1 - 0.3 * dirt
+    img[:h, :w] *= (1 + 0.06 * _fractal_noise(rng, (h, w), 3.0))[..., None]
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _texture_windows(rng: np.random.Generator, shape=(640, 896), used=(584, 834), cell: int = 128) -> np.ndarray:
+    """Plaster facade: three floors of windows on a regular grid (the repeated structure), each
+    window different (curtains, blinds, shutters, plants, one boarded up, an air conditioner),
+    with rain streaks under the sills; a ground floor with a door, a garage and lettering."""
+    h, w = used
+    img = np.zeros(shape + (3,), np.float32)
+    img[:h, :w] = _colorize(0.5 + 0.15 * _fractal_noise(rng, (h, w), 2.5), (0.70, 0.62, 0.48), (0.92, 0.86, 0.72))
+    refl = 0.5 + 0.25 * _fractal_noise(rng, (h, w), 2.0, min_freq=4)
+    streak = _sigmoid(3 * _streaks(rng, (h, w)) - 1.0)
+    frame = np.array([0.30, 0.26, 0.22], np.float32) * rng.uniform(0.8, 1.2)
+    ncol = (w - 32) // cell
+    boarded = (int(rng.integers(0, 3)), int(rng.integers(0, ncol)))
+    for gy in range(3):
+        for gx in range(ncol):
+            x0, y0 = gx * cell + 32, gy * cell + 20
+            x1, y1 = x0 + 64, y0 + 88
+            below = (slice(y1 + 10, min(h, y1 + 70)), slice(x0, x1))
+            fall = np.linspace(1, 0, below[0].stop - below[0].start)[:, None]  # streak fades downwards
+            img[below] *= (1 - 0.3 * streak[below] * fall)[..., None]
+            img[y0 - 5:y1 + 5, x0 - 5:x1 + 5] = frame
+            img[y1 + 5:y1 + 11, x0 - 9:x1 + 9] = (0.82, 0.8, 0.75)  # sill
+            if (gy, gx) == boarded:
+                img[y0:y1, x0:x1] = (0.45, 0.36, 0.24)
+                for k in range(y0 + 4, y1, 14):
+                    img[k:k + 2, x0:x1] = (0.25, 0.2, 0.14)
+                cv2.line(img, (x0, y0), (x1, y1), (0.35, 0.28, 0.2), 4, cv2.LINE_AA)
+                continue
+            glass = _colorize(refl[y0:y1, x0:x1], (0.08, 0.10, 0.14), (0.45, 0.55, 0.65))
+            img[y0:y1, x0:x1] = glass * rng.uniform(0.7, 1.2)
+            style = int(rng.choice(5, p=[0.2, 0.15, 0.1, 0.3, 0.25]))  # 3, 4: plain glass
+            cur = _GRAFFITI[rng.integers(8)] * rng.uniform(0.5, 0.9)
+            if style == 0:  # curtain on one side
+                cw = int(rng.integers(10, 32))
+                if rng.random() < 0.5:
+                    img[y0:y1, x0:x0 + cw] = cur
+                else:
+                    img[y0:y1, x1 - cw:x1] = cur
+            elif style == 1:  # blind lowered to a random height
+                bh = int(rng.integers(15, 70))
+                img[y0:y0 + bh, x0:x1] = cur
+                img[y0 + 3:y0 + bh:6, x0:x1] *= 0.8
+            elif style == 2:  # open shutters
+                img[y0 - 5:y1 + 5, x0 - 30:x0 - 5] = cur
+                img[y0 - 5:y1 + 5, x1 + 5:x1 + 30] = cur
+                img[y0 - 5:y1 + 5:7, x0 - 30:x0 - 5] *= 0.7
+                img[y0 - 5:y1 + 5:7, x1 + 5:x1 + 30] *= 0.7
+            img[(y0 + y1) // 2 - 2:(y0 + y1) // 2 + 2, x0:x1] = frame
+            img[y0:y1, (x0 + x1) // 2 - 2:(x0 + x1) // 2 + 2] = frame
+            if rng.random() < 0.2:  # flower box
+                img[y1 - 2:y1 + 8, x0 - 4:x1 + 4] = (0.35, 0.22, 0.15)
+                flowers = np.array([[0.2, 0.55, 0.2], [0.85, 0.2, 0.3], [0.95, 0.85, 0.3], [0.9, 0.9, 0.95]],
+                                   np.float32)
+                _draw_blobs(img[y1 - 14:y1, x0 - 4:x1 + 4], rng, 12, 2, 6, flowers)
+            if rng.random() < 0.12:  # air conditioner
+                img[y1 + 14:y1 + 40, x0 + 10:x0 + 54] = (0.82, 0.82, 0.8)
+                img[y1 + 18:y1 + 36:4, x0 + 14:x0 + 50] = (0.5, 0.5, 0.5)
+    gy0 = 3 * cell + 20  # ground floor
+    img[gy0:gy0 + 6, :w] = (0.55, 0.5, 0.42)
+    dx = int(rng.integers(40, 120))
+    img[gy0 + 14:h, dx:dx + 70] = np.array([0.15, 0.3, 0.45], np.float32) * rng.uniform(0.8, 1.2)
+    img[gy0 + 26:gy0 + 70, dx + 10:dx + 60] = (0.5, 0.6, 0.7)
+    gx0 = int(rng.integers(300, 420))
+    gar = np.arange(gy0 + 60, h)
+    img[gar, gx0:gx0 + 230] = (0.55 + 0.1 * ((gar - gy0) // 8 % 2))[:, None, None] * np.array([0.9, 0.92, 1.0])
+    _text(img, _words(rng, 2), (gx0 - 10, gy0 + 45), 26, (0.2, 0.15, 0.1), 3)
+    ph, pw = int(rng.integers(60, 90)), int(rng.integers(45, 60))
+    _paste(img, _poster(rng, ph, pw), dx + 100, gy0 + 50, rng, torn=0.3)
+    img[:h, :w] = img[:h, w - 1::-1].copy()  # the facade's u axis points to the viewer's left
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _texture_graffiti(rng: np.random.Generator, shape=(512, 512)) -> np.ndarray:
+    """Concrete with posters, blobs, strokes and tags: rich, non-repetitive texture."""
+    h, w = shape
+    area = h * w / 512.0**2
+    img = _colorize(0.5 + 0.18 * _fractal_noise(rng, (h, w), 1.8), (0.38, 0.38, 0.40), (0.75, 0.74, 0.72))
+    for _ in range(int(round(7 * area))):  # posters
+        ph, pw = int(rng.integers(50, 120)), int(rng.integers(50, 120))
+        _paste(img, _poster(rng, ph, pw), int(rng.integers(0, w - pw)), int(rng.integers(0, h - ph)),
+               rng, torn=float(rng.choice([0.0, 0.0, 0.4])))
+    _draw_blobs(img, rng, int(40 * area), 6, 40, _GRAFFITI, alpha=0.85)
+    _draw_lines(img, rng, int(50 * area), _GRAFFITI, (2, 6), length=170)
+    for _ in range(int(round(3 * area))):
+        _text(img, _words(rng), (int(rng.integers(0, w - 100)), int(rng.integers(40, h))), float(rng.uniform(20, 45)),
+              _GRAFFITI[rng.integers(8)], int(rng.integers(3, 7)), cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _texture_crate(rng: np.random.Generator, shape=(768, 1536), base=(0.55, 0.42, 0.28),
+                   stickers: float = 1.0) -> np.ndarray:
+    """Boxes: wood/metal-like panels with planks of uneven width (a mildly repeated structure),
+    stickers, scratches and stencilled lettering (``stickers`` scales their density)."""
+    h, w = shape
+    area = h * w / 512.0**2 * stickers
+    grain = 0.5 + 0.2 * _fractal_noise(rng, (h, w), 2.2) + 0.1 * np.sin(np.arange(w) / 3.0)[None, :]
     img = _colorize(grain, np.asarray(base, np.float32) * 0.55, np.asarray(base, np.float32) * 1.4)
-    plank = 64
-    img[:, ::plank] *= 0.4
-    img[:, 1::plank] *= 0.6
-    _draw_blobs(img, rng, 25, 5, 22, _GRAFFITI, alpha=1.0)
-    _draw_lines(img, rng, 20, _GRAFFITI[[4, 5, 0]], (1, 3))
+    x = int(rng.integers(0, 40))
+    while x < w:  # planks of uneven width
+        img[:, x] *= 0.4
+        img[:, x + 1:x + 2] *= 0.6
+        x += int(rng.integers(48, 80))
+    _draw_blobs(img, rng, int(25 * area), 5, 22, _GRAFFITI, alpha=1.0)
+    _draw_lines(img, rng, int(20 * area), _GRAFFITI[[4, 5, 0]], (1, 3), length=170)
+    for _ in range(int(round(4 * area))):
+        _text(img, _words(rng), (int(rng.integers(0, w - 100)), int(rng.integers(30, h))), float(rng.uniform(18, 34)),
+              _GRAFFITI[[5, 0, 4]][rng.integers(3)], 3, cv2.FONT_HERSHEY_SIMPLEX)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _texture_pillar(rng: np.random.Generator, shape=(1024, 768)) -> np.ndarray:
+    """Weathered concrete pillar: formwork seams, stains, a few posters and tags."""
+    h, w = shape
+    img = _colorize(0.5 + 0.15 * _fractal_noise(rng, (h, w), 1.8) + 0.1 * _fractal_noise(rng, (h, w), 0.8),
+                    (0.42, 0.42, 0.43), (0.76, 0.75, 0.73))
+    y = int(rng.integers(20, 60))
+    while y < h:  # formwork seams at uneven heights
+        img[y:y + 2] *= 0.7
+        y += int(rng.integers(100, 180))
+    img *= (1 - 0.3 * _sigmoid(3 * _streaks(rng, (h, w)) - 2.0))[..., None]
+    for _ in range(5):
+        ph, pw = int(rng.integers(70, 140)), int(rng.integers(60, 120))
+        _paste(img, _poster(rng, ph, pw), int(rng.integers(0, 640 - pw)), int(rng.integers(100, 700 - ph)),
+               rng, torn=float(rng.choice([0.0, 0.4])))
+    for _ in range(4):
+        _text(img, _words(rng), (int(rng.integers(0, 540)), int(rng.integers(120, 700))), float(rng.uniform(25, 50)),
+              _GRAFFITI[rng.integers(8)], int(rng.integers(3, 7)), cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _texture_bench(rng: np.random.Generator, shape=(384, 1536)) -> np.ndarray:
+    """Wooden bench: horizontal slats (a repeated structure) with grain, knots and carved marks."""
+    h, w = shape
+    grain = 0.5 + 0.15 * _fractal_noise(rng, (h, w), 2.0) + 0.12 * _streaks(rng, (w, h), 12).T
+    img = _colorize(grain, (0.30, 0.20, 0.12), (0.70, 0.52, 0.32))
+    y = 0
+    while y < h:
+        img[y:y + 3] *= 0.35  # gaps between slats
+        img[y + 3:y + 30] *= rng.uniform(0.85, 1.15)
+        y += 30
+    _draw_blobs(img, rng, 25, 2, 6, np.array([[0.25, 0.16, 0.1]], np.float32), alpha=0.8)  # knots
+    for _ in range(8):
+        _text(img, _words(rng), (int(rng.integers(0, w - 80)), int(rng.integers(20, h))), float(rng.uniform(12, 20)),
+              (0.2, 0.13, 0.08), 2, cv2.FONT_HERSHEY_SIMPLEX)
     return np.clip(img, 0, 1).astype(np.float32)
 
 
 def _mip_pyramid(tex: np.ndarray, levels: int = 6) -> list[np.ndarray]:
-    """Texture and its box-filtered halvings (periodic, so exact 2x2 averages keep the tiling)."""
+    """Texture and its box-filtered halvings (exact 2x2 averages while both sides are even)."""
     pyr = [tex]
     for _ in range(levels - 1):
         t = pyr[-1]
-        if t.shape[0] < 8:
+        if min(t.shape[:2]) < 8 or t.shape[0] % 2 or t.shape[1] % 2:
             break
         pyr.append(0.25 * (t[0::2, 0::2] + t[1::2, 0::2] + t[0::2, 1::2] + t[1::2, 1::2]))
     return pyr
@@ -292,7 +691,7 @@ class Scene:
 
     Attributes:
         quads: all textured rectangles (ground first, then walls, then box faces).
-        textures: per texture a mip pyramid, list of (S / 2^l, S / 2^l, 3) float32 RGB.
+        textures: per texture a mip pyramid, list of (H / 2^l, W / 2^l, 3) float32 RGB.
         boxes: oriented boxes (exact, cheap shadow tests).
         walls: indices of the quads that are free-standing walls (shadow casters besides boxes).
         lightmaps: per quad a baked (Hl, Wl) float32 light factor (ambient + sun x unshadowed) on
@@ -309,22 +708,24 @@ class Scene:
 def build_scene(rng: np.random.Generator) -> Scene:
     """The courtyard: quads, textures (mip pyramids), boxes.
 
-    Layout (metres, z up): ground z=0 over [-16, 16]^2; brick facade at y=8 (repeated texture);
-    windowed facade at x=10; graffiti wall at x=-10; two crates, a pillar and a bench in the
-    middle, positions and yaw jittered by the seed.
+    Layout (metres, z up): ground z=0 over [-16, 16]^2; back facade at y=8 (brickwork on its
+    left part, a shop front, a mural); windowed facade at x=10; graffiti wall at x=-10; two
+    crates, a pillar and a bench in the middle, positions and yaw jittered by the seed. Each
+    texture covers its surfaces without repeating (see the texture section).
     """
     textures = [
-        _texture_paving(rng),  # 0 ground
-        _texture_bricks(rng),  # 1 back facade
-        _texture_windows(rng),  # 2 right facade
-        _texture_graffiti(rng),  # 3 left wall, bench
-        _texture_crate(rng, base=(0.55, 0.42, 0.28)),  # 4 crate A
-        _texture_crate(rng, base=(0.30, 0.45, 0.55)),  # 5 crate B
-        _texture_graffiti(rng),  # 6 pillar
+        _texture_paving(rng),  # 0 ground: 1600 x 0.02 m = the whole 32 m ground
+        _texture_back_facade(rng),  # 1 back facade: 2000 x 600 texels of 0.01 m used
+        _texture_windows(rng),  # 2 right facade: 834 x 584 texels of 0.012 m used
+        _texture_graffiti(rng, (384, 928)),  # 3 left wall: 900 x 350 texels of 0.01 m used
+        _texture_crate(rng, base=(0.55, 0.42, 0.28), stickers=0.3),  # 4 crate A
+        _texture_crate(rng, base=(0.30, 0.45, 0.55), stickers=0.3),  # 5 crate B
+        _texture_pillar(rng),  # 6 pillar: 640 x 720 texels of 0.005 m around it
+        _texture_bench(rng),  # 7 bench: 1520 x 140 texels of 0.005 m around it
     ]
     quads = [
         _quad((-16, -16, 0), (1, 0, 0), (0, 1, 0), (32, 32), 0, 0.02),
-        _quad((-10, 8, 0), (1, 0, 0), (0, 0, 1), (20, 6), 1, 0.008),
+        _quad((-10, 8, 0), (1, 0, 0), (0, 0, 1), (20, 6), 1, 0.01),
         _quad((10, -2, 0), (0, 1, 0), (0, 0, 1), (10, 7), 2, 0.012, flip=True),
         _quad((-10, -1, 0), (0, 1, 0), (0, 0, 1), (9, 3.5), 3, 0.01),
     ]
@@ -334,13 +735,13 @@ def build_scene(rng: np.random.Generator) -> Scene:
         return _jitter(rng, s)
 
     boxes = []
-    for center, size, yaw, tex, texel in [
-        ((-3.5 + jit(0.3), 3.0 + jit(0.3)), (2.2, 1.8, 2.2), 20 + jit(10), 4, 0.006),
-        ((2.8 + jit(0.3), 4.2 + jit(0.3)), (1.6, 3.0, 1.4), -15 + jit(10), 5, 0.006),
-        ((0.4 + jit(0.2), 0.2 + jit(0.2)), (0.8, 0.8, 3.6), 35 + jit(10), 6, 0.005),
-        ((4.5 + jit(0.3), -1.0 + jit(0.3)), (3.0, 0.8, 0.7), 5 + jit(10), 3, 0.005),
+    for center, size, yaw, tex, texel, top_row in [
+        ((-3.5 + jit(0.3), 3.0 + jit(0.3)), (2.2, 1.8, 2.2), 20 + jit(10), 4, 0.006, 400),
+        ((2.8 + jit(0.3), 4.2 + jit(0.3)), (1.6, 3.0, 1.4), -15 + jit(10), 5, 0.006, 256),
+        ((0.4 + jit(0.2), 0.2 + jit(0.2)), (0.8, 0.8, 3.6), 35 + jit(10), 6, 0.005, 800),
+        ((4.5 + jit(0.3), -1.0 + jit(0.3)), (3.0, 0.8, 0.7), 5 + jit(10), 7, 0.005, 180),
     ]:
-        q, b = _box(center, size, yaw, tex, texel, rng)
+        q, b = _box(center, size, yaw, tex, texel, top_row)
         quads += q
         boxes.append(b)
     scene = Scene(quads, [_mip_pyramid(t) for t in textures], boxes, walls)
@@ -491,11 +892,17 @@ def cast_grid(quads: list[Quad], K: np.ndarray, T: np.ndarray, xs: np.ndarray, y
 def in_shadow(scene: Scene, points: np.ndarray) -> np.ndarray:
     """(N,) bool: the ray from ``points`` (N, 3) towards the sun hits a box or a wall."""
     shadow = np.zeros(len(points), bool)
-    for box in scene.boxes:  # exact slab test in the box frame, one axis at a time
-        o = (points - box.center) @ box.axes.T  # (N, 3) in box coordinates
+    for box in scene.boxes:
+        # conservative cull: rays passing farther than the bounding sphere cannot hit the box
+        rel = box.center - points
+        along = rel @ _SUN
+        radius = float(np.linalg.norm(box.half)) * 1.001 + 1e-6
+        near = np.flatnonzero((along > -radius) & (np.einsum("ij,ij->i", rel, rel) - along**2 <= radius**2))
+        # exact slab test in the box frame, one axis at a time
+        o = (points[near] - box.center) @ box.axes.T  # (n, 3) in box coordinates
         d = box.axes @ _SUN
-        tmin = np.full(len(points), _EPS)
-        tmax = np.full(len(points), np.inf)
+        tmin = np.full(len(near), _EPS)
+        tmax = np.full(len(near), np.inf)
         for ax in range(3):
             if abs(d[ax]) < 1e-12:  # parallel to this slab: inside it or never
                 outside = np.abs(o[:, ax]) > box.half[ax]
@@ -507,7 +914,7 @@ def in_shadow(scene: Scene, points: np.ndarray) -> np.ndarray:
                 t1, t2 = t2, t1
             np.maximum(tmin, t1, out=tmin)
             np.minimum(tmax, t2, out=tmax)
-        shadow |= tmax >= tmin
+        shadow[near[tmax >= tmin]] = True
     rest = ~shadow
     if rest.any():
         t = cast_rays([scene.quads[k] for k in scene.walls], points[rest], _SUN)
@@ -565,12 +972,13 @@ def _sky(dirs: np.ndarray) -> np.ndarray:
 
 
 def shade(scene: Scene, dirs: np.ndarray, t: np.ndarray, qid: np.ndarray, a: np.ndarray,
-          b: np.ndarray, pixel_angle: float) -> np.ndarray:
+          b: np.ndarray, pixel_angle: float, sun: float = 1.0) -> np.ndarray:
     """(N, 3) linear RGB of N camera rays with world directions ``dirs`` (N, 3) and hits
     (t, qid, a, b) (N,) each: mip-mapped texture x baked light, sky where nothing was hit.
 
     ``pixel_angle`` is the angular size of one sample (radians); with the ray length and the
-    obliquity it selects the mip level (isotropic approximation).
+    obliquity it selects the mip level (isotropic approximation). ``sun`` scales the direct
+    sunlight of the baked light (1 = clear sky, < 1 = thin clouds, weaker shadows).
     """
     rgb = np.empty((len(dirs), 3), np.float32)
     hit = qid >= 0
@@ -596,13 +1004,15 @@ def shade(scene: Scene, dirs: np.ndarray, t: np.ndarray, qid: np.ndarray, a: np.
         lm = scene.lightmaps[k]
         light = remap_points(lm, ga * ((lm.shape[1] - 1) / q.size[0]), gb * ((lm.shape[0] - 1) / q.size[1]),
                              wrap=False)
+        if sun != 1.0:
+            light = AMBIENT + (light - AMBIENT) * np.float32(sun)
         rgb[idx[grp]] = tex * light[:, None]
     return rgb
 
 
 def render_view(scene: Scene, K: np.ndarray, cam_from_world: np.ndarray, width: int, height: int,
-                supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Render one view.
+                supersample: int = 2, sun: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Render one view (``sun``: strength of direct sunlight, see :func:`shade`).
 
     Returns:
         rgb: (H, W, 3) float32 linear colour in [0, ~1.2], mean of ``supersample``^2 regular
@@ -621,13 +1031,14 @@ def render_view(scene: Scene, K: np.ndarray, cam_from_world: np.ndarray, width: 
     R = cam_from_world[:3, :3]
     gx, gy = np.meshgrid((xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1])
     dirs = np.stack([gx.ravel(), gy.ravel(), np.ones(gx.size)], 1) @ R  # R^T d_cam, row-wise
-    rgb = shade(scene, dirs, t.ravel(), qid.ravel(), a.ravel(), b.ravel(), 1.0 / (K[0, 0] * s))
+    rgb = shade(scene, dirs, t.ravel(), qid.ravel(), a.ravel(), b.ravel(), 1.0 / (K[0, 0] * s), sun)
     rgb = rgb.reshape(height, s, width, s, 3).mean(axis=(1, 3))
     return rgb, depth
 
 
 def photometric(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(H, W, 3) uint8 BGR after a per-image gain, white balance, gamma, vignetting and noise."""
+    """(H, W, 3) uint8 BGR after a per-image gain, white balance, gamma, vignetting, a slight
+    defocus blur and sensor noise of varying strength."""
     H, W, _ = rgb.shape
     gain = rng.uniform(0.8, 1.2)
     wb = rng.uniform(0.93, 1.07, 3)
@@ -636,7 +1047,10 @@ def photometric(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     r2 = ((xx - W / 2) ** 2 + (yy - H / 2) ** 2) / (W**2 / 4 + H**2 / 4)
     vignette = (1 - rng.uniform(0.05, 0.2) * r2)[..., None]
     img = np.clip(rgb * gain * wb * vignette, 0, 1) ** (gamma / 2.2) * 255.0
-    img += rng.normal(0, 2.0, img.shape)
+    blur = rng.uniform(0.0, BLUR_SIGMA_MAX)
+    if blur > 0.05:
+        img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), blur)
+    img = img + rng.normal(0, rng.uniform(*NOISE_SIGMA), img.shape)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)[..., ::-1]
 
 
@@ -769,7 +1183,8 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
 
     Args:
         out_dir: parent folder (created if needed).
-        seed: seeds textures, layout jitter, cameras, points and photometric changes.
+        seed: seeds textures and layout jitter (one stream), cameras and points (another) and
+            the photometric changes (one stream per image).
         num_cameras: number of images (>= 2; 12+ recommended).
         width, height: image size in pixels.
         scene: scene folder name.
@@ -787,7 +1202,7 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
         raise FileExistsError(f"{final} exists and is not a demo scene written by matchmill")
 
     rng = np.random.default_rng(seed)
-    world = build_scene(rng)
+    world = build_scene(np.random.default_rng([seed, 2]))  # own stream: content edits keep the cameras
     cams = make_cameras(rng, num_cameras, width, height)
     xyz, colors = sample_surface_points(rng, world, NUM_POINTS)
     names = [f"demo_{i:03d}.jpg" for i in range(num_cameras)]
@@ -801,9 +1216,12 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
         visible = np.zeros((num_cameras, len(xyz)), bool)
         xy = np.zeros((num_cameras, len(xyz), 2))
         for i, (K, T) in enumerate(cams):
-            rgb, depth = render_view(world, K, T, width, height)
-            img = photometric(rgb, np.random.default_rng([seed, i, 1]))
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            sun = np.random.default_rng([seed, i, 2]).uniform(*SUN_RANGE)  # passing clouds
+            rgb, depth = render_view(world, K, T, width, height, sun=sun)
+            prng = np.random.default_rng([seed, i, 1])
+            img = photometric(rgb, prng)
+            quality = int(prng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
             if not ok:
                 raise RuntimeError("JPEG encoding failed")
             (tmp / "images" / names[i]).write_bytes(buf.tobytes())

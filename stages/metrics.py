@@ -54,12 +54,17 @@ def read_summary(run_url: str) -> dict[str, float]:
 
 
 def format_summary(summary: dict[str, float]) -> str:
-    """One screen: pose AUCs first (with the ``AUC@10`` line), then everything else."""
+    """One screen: pose AUCs first (with the ``AUC@10`` line), then everything else; AUCs,
+    accuracies and MMA in percent."""
     lines = []
     for t in (5, 10, 20):
         if f"auc@{t}" in summary:
             lines.append(f"AUC@{t}: {100 * summary[f'auc@{t}']:.2f}")
     for key, value in summary.items():
-        if not key.startswith("auc@"):
+        if key.startswith("auc@"):
+            continue
+        if key.startswith(("auc", "homography_acc", "mma")):  # fractions, shown in percent
+            lines.append(f"{key}: {100 * value:.2f}")
+        else:
             lines.append(f"{key}: {format_value(value)}")
     return "\n".join(lines)

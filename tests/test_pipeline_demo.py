@@ -27,6 +27,16 @@ def demo_conf(storage: Path, demo_root: Path, *extra: str) -> dict:
     )
 
 
+def assert_same_metrics(a: dict, b: dict) -> None:
+    """Equal metrics; pydegensac's inlier sets can differ by a point or two between processes
+    even with a fixed seed, so the metrics derived from them get a 2% tolerance."""
+    assert a.keys() == b.keys()
+    loose = {k for k in a if k == "mean_inliers" or k.startswith("auc_fdegensac")}
+    assert {k: a[k] for k in a if k not in loose} == pytest.approx({k: b[k] for k in b if k not in loose})
+    for k in loose:
+        assert a[k] == pytest.approx(b[k], rel=0.02, abs=0.02), k
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, ray_local, demo_root):
     storage = tmp_path_factory.mktemp("runs")
@@ -83,7 +93,7 @@ def test_stopped_after_extract_resumes_to_the_same_metrics(full_run, tmp_path, d
     resumed = run_pipeline(conf, echo=lambda _: None)
     actions = {r.stage: r.action for r in resumed.stages}
     assert actions["extract"] == "skipped" and actions["propose"] == "ran"
-    assert resumed.metrics == pytest.approx(uninterrupted.metrics)
+    assert_same_metrics(resumed.metrics, uninterrupted.metrics)
 
 
 def test_uncommitted_stage_redoes_only_missing_keys(full_run, tmp_path, demo_root):
@@ -101,7 +111,7 @@ def test_uncommitted_stage_redoes_only_missing_keys(full_run, tmp_path, demo_roo
     propose = next(r for r in second.stages if r.stage == "propose")
     assert propose.action == "resumed"
     assert propose.computed == lost - kept
-    assert second.metrics == pytest.approx(first.metrics)
+    assert_same_metrics(second.metrics, first.metrics)
 
 
 def test_config_change_invalidates_the_stage_and_what_follows(full_run, tmp_path, demo_root):
