@@ -31,8 +31,11 @@ import math
 from typing import Mapping, Sequence
 
 import torch
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .conf import merge_model_conf
 
 __all__ = [
     "DEFAULT_CONF",
@@ -392,11 +395,7 @@ class NCNet(nn.Module):
 
     def __init__(self, conf: Mapping | None = None) -> None:
         super().__init__()
-        conf = dict(conf or {})
-        unknown = set(conf) - set(DEFAULT_CONF)
-        if unknown:
-            raise ValueError(f"unknown NCNet config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONF)}")
-        self.conf = {**DEFAULT_CONF, **conf}
+        self.conf = merge_model_conf(DEFAULT_CONF, conf, "NCNet")
         channels = list(self.conf["nc_channels"])
         if not channels or channels[-1] != 1:
             raise ValueError(f"the last NC layer must output 1 channel, got nc_channels={channels}")

@@ -27,14 +27,16 @@ Deliberate deviations from the reference behaviour (each one is documented where
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
+
 import torch.nn.functional as nnf
 from torch import Tensor, nn
+
+from .conf import merge_model_conf
 
 __all__ = [
     "DEFAULT_CONF",
@@ -93,12 +95,7 @@ def merge_conf(conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     Raises:
         ValueError: on unknown keys or inconsistent values.
     """
-    out = copy.deepcopy(DEFAULT_CONF)
-    if conf:
-        unknown = sorted(set(conf) - set(DEFAULT_CONF))
-        if unknown:
-            raise ValueError(f"unknown Patch2Pix conf keys {unknown}; known keys: {sorted(DEFAULT_CONF)}")
-        out.update(copy.deepcopy(dict(conf)))
+    out = merge_model_conf(DEFAULT_CONF, conf, "Patch2Pix")
     _validate_conf(out)
     return out
 

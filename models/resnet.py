@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .conf import merge_model_conf
+
 __all__ = [
     "DEFAULT_CONF",
     "IMAGENET_MEAN",
@@ -132,11 +134,7 @@ class ResNet34Pyramid(nn.Module):
 
     def __init__(self, conf: Mapping | None = None) -> None:
         super().__init__()
-        conf = dict(conf or {})
-        unknown = set(conf) - set(DEFAULT_CONF)
-        if unknown:
-            raise ValueError(f"unknown ResNet34Pyramid config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONF)}")
-        self.conf = {**DEFAULT_CONF, **conf}
+        self.conf = merge_model_conf(DEFAULT_CONF, conf, "ResNet34Pyramid")
         layers = list(self.conf["layers"])
         if len(layers) != 3 or any(int(n) < 1 for n in layers):
             raise ValueError(f"'layers' must list 3 positive block counts (layer1..layer3), got {layers}")

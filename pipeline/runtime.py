@@ -53,9 +53,3 @@ def check_resources(conf: dict) -> None:
         if want_cpu > cpus:
             raise ResourceError(f"{stage}.num_cpus={want_cpu} exceeds the cluster's {cpus:g} CPU(s)")
 
-
-def shutdown_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

@@ -36,9 +36,9 @@ def _seeded(seed: int):
 def _load_state(module: torch.nn.Module, path: str | None, prefix: str = "") -> None:
     if not path:
         return
-    from safetensors.torch import load_file
+    from matchmill.models.resnet import load_weights_file
 
-    state = load_file(path) if str(path).endswith(".safetensors") else torch.load(path, weights_only=True, map_location="cpu")
+    state = load_weights_file(path)  # weights-only, errors name the file
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     missing, unexpected = module.load_state_dict(state, strict=False)

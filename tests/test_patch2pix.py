@@ -105,7 +105,7 @@ def test_default_conf_and_parameter_counts():
     assert CPU_CONF["conv_dims"] == [128, 128]
     shared = Patch2Pix({"shared": True, **{k: CPU_CONF[k] for k in ("conv_dims", "fc_dims")}})
     assert shared.fine_regressor is shared.mid_regressor
-    with pytest.raises(ValueError, match="unknown Patch2Pix conf keys"):
+    with pytest.raises(ValueError, match="unknown Patch2Pix config keys"):
         Patch2Pix({"psise": 16})
 
 
