@@ -6,12 +6,18 @@ Config and storage problems stop before any work with one line on stderr and exi
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from matchmill.manifests.storage import ManifestError, StorageError
 
 from .config import ConfigError, load_config
+
+# Modules that add their own subcommands: each has ``register(subparsers)`` which adds parsers and
+# sets ``func=<callable(args) -> int>`` as the parser default. One line per module.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cameras", type=int, default=14)
     demo.add_argument("--width", type=int, default=320)
     demo.add_argument("--height", type=int, default=240)
+
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
@@ -74,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_demo_data(args)
         if args.command == "export":
             return cmd_export(args)
+        if getattr(args, "func", None) is not None:
+            return int(args.func(args))
     except (ConfigError, StorageError, ManifestError, FileNotFoundError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"matchmill: error: {message}", file=sys.stderr)

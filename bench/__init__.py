@@ -1,0 +1,1 @@
+"""Benchmark presets (``matchmill bench ...``), the benchmark history table and ``matchmill report``."""
