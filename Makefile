@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench perf
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
@@ -15,3 +15,6 @@ test: install
 
 bench: install
 	$(PYTHON) benchmarks/pipeline_overhead.py
+
+perf: install
+	$(PYTHON) benchmarks/perf_suite.py $(PERF_FLAGS)

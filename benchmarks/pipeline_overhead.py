@@ -6,6 +6,9 @@ Prints:
   in-process loop on the same pairs (the pipeline-overhead ratio);
 - extract-stage throughput with 2 actors vs 1.
 
+The measurements are functions (:func:`measure_overhead`, :func:`measure_actor_scaling`) that
+``benchmarks/perf_suite.py`` reuses.
+
 Usage:  python benchmarks/pipeline_overhead.py [--cameras 14] [--pairs 40] [--out bench_out]
 """
 
@@ -16,10 +19,86 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo.yaml"
+RAY_STAGES = ("extract", "propose", "refine", "verify")
+
+
+@dataclass
+class OverheadResult:
+    """One ``matchmill run`` (CLI, fresh process) and the same stage code in a plain loop."""
+
+    pairs: int
+    unique_images: int
+    extract_rows: int  # rows of the extract manifest = extraction calls
+    wall_seconds: float  # the whole CLI process: imports, Ray start, every stage, metrics
+    stage_rows: dict[str, int] = field(default_factory=dict)  # per stage, from its commit marker
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # per stage wall time in the run
+    inprocess_seconds: dict[str, float] = field(default_factory=dict)  # same stage code, no Ray
+
+    @property
+    def compute_seconds(self) -> float:
+        return sum(self.inprocess_seconds.values())
+
+
+def run_cli(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """``python -m matchmill ARGS`` in a fresh process; (wall seconds, process). Raises on failure."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "matchmill", *args], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"matchmill {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return wall, proc
+
+
+def measure_overhead(out: Path, overrides: list[str], config: Path = CONFIG) -> OverheadResult:
+    """Run the CLI end to end into ``out/runs``, then the same stages in-process into ``out/inproc``."""
+    from matchmill.manifests.commit import read_commit, read_stage
+    from matchmill.pipeline.config import load_config
+    from matchmill.pipeline.inprocess import run_inprocess
+
+    wall, _ = run_cli(["run", str(config), f"storage=file://{out}/runs", *overrides])
+    conf = load_config(config, [f"storage=file://{out}/runs", *overrides])
+    run_url = f"file://{out}/runs/{conf['run_name']}"
+    pairs = read_stage(run_url, "pairs", "pairs")
+    unique = set(pairs.column("image0").to_pylist()) | set(pairs.column("image1").to_pylist())
+    result = OverheadResult(pairs.num_rows, len(unique), read_commit(run_url, "extract").rows, wall)
+    for stage in RAY_STAGES:
+        commit = read_commit(run_url, stage)
+        result.stage_rows[stage], result.stage_seconds[stage] = commit.rows, commit.seconds
+
+    conf = load_config(config, [f"storage=file://{out}/inproc", *overrides])
+    inproc = run_inprocess(conf, f"file://{out}/inproc/{conf['run_name']}", pairs)
+    result.inprocess_seconds = dict(inproc.seconds)
+    return result
+
+
+def measure_actor_scaling(out: Path, cameras: int, width: int = 640, height: int = 480,
+                          actors: tuple[int, ...] = (1, 2)) -> dict[int, float]:
+    """Marginal extract throughput (images/s) per actor count, between a scene of cameras // 3 and
+    one of ``cameras`` views, so that the fixed cost (actor start-up, model load) cancels out."""
+    from matchmill.datasets.demo_scene import ensure_demo_scene
+    from matchmill.pipeline.config import load_config
+
+    sizes = (cameras // 3, cameras)
+    scenes = {}
+    for n in sizes:
+        scenes[n] = out / f"scene-{n}"
+        ensure_demo_scene(scenes[n], num_cameras=n, width=width, height=height)
+    throughput = {}
+    for count in actors:
+        timing = {}
+        for n in sizes:
+            conf = load_config(CONFIG, [f"storage=file://{out}/actors{count}-{n}", f"data.root={scenes[n]}",
+                                        "pairs.max_pairs_per_scene=5000", f"extract.actors={count}",
+                                        "extract.batch_size=2", f"extract.resize_max={max(width, height)}",
+                                        "extract.max_keypoints=8192", "extract.contrast_threshold=0.01"])
+            timing[n] = extract_seconds(conf)
+        throughput[count] = (timing[sizes[1]][0] - timing[sizes[0]][0]) / (timing[sizes[1]][1] - timing[sizes[0]][1])
+    return throughput
 
 
 def main() -> int:
@@ -31,58 +110,26 @@ def main() -> int:
     args = parser.parse_args()
 
     from matchmill.datasets.demo_scene import ensure_demo_scene
-    from matchmill.manifests.commit import read_stage
-    from matchmill.pipeline.config import load_config
-    from matchmill.pipeline.inprocess import run_inprocess
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     scene = out / "scene"
     ensure_demo_scene(scene, num_cameras=args.cameras)
-    common = [f"data.root={scene}", f"pairs.max_pairs_per_scene={args.pairs}"]
-
-    # 1. the real CLI, end to end, in a fresh process (Ray start-up included)
-    cmd = [sys.executable, "-m", "matchmill", "run", str(CONFIG), f"storage=file://{out}/runs", *common]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        print(proc.stdout, proc.stderr, sep="\n")
+    try:
+        r = measure_overhead(out, [f"data.root={scene}", f"pairs.max_pairs_per_scene={args.pairs}"])
+    except RuntimeError as exc:
+        print(exc)
         return 1
-    run_url = f"file://{out}/runs/demo"
-    pairs = read_stage(run_url, "pairs", "pairs")
-    unique = set(pairs.column("image0").to_pylist()) | set(pairs.column("image1").to_pylist())
-    features = read_stage(run_url, "extract", "features")
-
-    # 2. the same stage code in a plain loop on the same pairs
-    conf = load_config(CONFIG, [f"storage=file://{out}/inproc", *common])
-    inproc = run_inprocess(conf, f"file://{out}/inproc/demo", pairs)
-    compute = sum(inproc.seconds.values())
-
-    # 3. extract throughput, 1 vs 2 actors: marginal images/s between a small and a large scene,
-    #    so that the fixed cost (actor start-up, model load) cancels out
+    throughput = measure_actor_scaling(out, args.extract_cameras)
     sizes = (args.extract_cameras // 3, args.extract_cameras)
-    scenes = {}
-    for n in sizes:
-        scenes[n] = out / f"scene-{n}"
-        ensure_demo_scene(scenes[n], num_cameras=n, width=640, height=480)
-    throughput = {}
-    for actors in (1, 2):
-        timing = {}
-        for n in sizes:
-            conf = load_config(CONFIG, [f"storage=file://{out}/actors{actors}-{n}", f"data.root={scenes[n]}",
-                                        "pairs.max_pairs_per_scene=5000", f"extract.actors={actors}",
-                                        "extract.batch_size=2", "extract.resize_max=640",
-                                        "extract.max_keypoints=8192", "extract.contrast_threshold=0.01"])
-            timing[n] = extract_seconds(conf)
-        throughput[actors] = (timing[sizes[1]][0] - timing[sizes[0]][0]) / (timing[sizes[1]][1] - timing[sizes[0]][1])
 
-    print(f"pairs: {pairs.num_rows}   unique images: {len(unique)}")
-    print(f"extraction calls: {features.num_rows}   unique images: {len(unique)}   "
-          f"equal: {features.num_rows == len(unique)}")
-    print(f"matchmill run wall time / in-process compute time: {wall:.1f}s / {compute:.1f}s = "
-          f"{wall / compute:.1f}x  (stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in inproc.seconds.items()) + ")")
+    print(f"pairs: {r.pairs}   unique images: {r.unique_images}")
+    print(f"extraction calls: {r.extract_rows}   unique images: {r.unique_images}   "
+          f"equal: {r.extract_rows == r.unique_images}")
+    print(f"matchmill run wall time / in-process compute time: {r.wall_seconds:.1f}s / {r.compute_seconds:.1f}s = "
+          f"{r.wall_seconds / r.compute_seconds:.1f}x  (stages: "
+          + ", ".join(f"{k} {v:.2f}s" for k, v in r.inprocess_seconds.items()) + ")")
     print(f"extract throughput (marginal, {sizes[0]} -> {sizes[1]} images of 640x480): "
           f"1 actor {throughput[1]:.2f} img/s, 2 actors {throughput[2]:.2f} img/s, "
           f"ratio {throughput[2] / throughput[1]:.2f}x")

@@ -237,7 +237,7 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
     under ``"state_dict"`` or ``"model"`` is unwrapped.
 
     Args:
-        path: file path.
+        path: file path, or an fsspec URL (``s3://...``, ``gs://...``) read through a temporary copy.
 
     Returns:
         ``{name: tensor}`` on CPU.
@@ -246,6 +246,8 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
         FileNotFoundError: the file does not exist.
         ValueError: the file cannot be read weights-only or holds no tensor dict (message names the file).
     """
+    if "://" in str(path):  # fsspec URL (s3://, gs://, file://, ...), e.g. a checkpoint on object storage
+        return _load_weights_url(str(path))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -266,6 +268,24 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors (got {type(obj).__name__})")
     return dict(obj)
+
+
+def _load_weights_url(url: str) -> dict[str, Tensor]:
+    """:func:`load_weights_file` for an fsspec URL: the file is fetched to a temporary local copy first."""
+    import tempfile
+
+    import fsspec
+
+    fs, remote = fsspec.core.url_to_fs(url)
+    if not fs.isfile(remote):
+        raise FileNotFoundError(f"weights file not found: {url}")
+    with tempfile.TemporaryDirectory(prefix="matchmill-weights-") as tmp:
+        local = Path(tmp) / Path(remote).name
+        fs.get_file(remote, str(local))
+        try:
+            return load_weights_file(local)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(str(local), url)) from exc
 
 
 def load_torchvision_state_dict(

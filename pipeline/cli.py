@@ -17,6 +17,9 @@ from .config import ConfigError, load_config
 # Modules that add their own subcommands: each has ``register(subparsers)`` which adds parsers and
 # sets ``func=<callable(args) -> int>`` as the parser default. One line per module.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "matchmill.viz.cli",
+    "matchmill.bench.report_cli",
+    "matchmill.bench.cli",
 )
 
 
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides written after an option (``--until extract a.b=1``) land here
-        if args.command != "run" or any("=" not in e or e.startswith("-") for e in extra):
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -23,6 +23,7 @@ EXECUTION_DEFAULTS = {
     "num_cpus": 1.0,  # CPUs reserved per actor
     "num_gpus": 0.0,  # GPUs per actor; > 0 fails fast when the cluster has none
     "batch_size": 4,  # rows per actor call
+    "resources": None,  # custom Ray resources per actor, e.g. {cpu_worker: 1} pins a stage to a worker group
 }
 EXECUTION_KEYS = frozenset(EXECUTION_DEFAULTS)
 
@@ -246,10 +247,24 @@ def _check_values(conf: dict) -> None:
             raise ConfigError(f"{section}.batch_size: must be >= 1, got {sec['batch_size']}")
         if sec["num_gpus"] < 0 or sec["num_cpus"] < 0:
             raise ConfigError(f"{section}: num_cpus and num_gpus must be >= 0")
+        _check_resources(section, sec["resources"])
     if conf["part_rows"] < 1:
         raise ConfigError(f"part_rows: must be >= 1, got {conf['part_rows']}")
     if "/" in conf["run_name"].strip("/") or not conf["run_name"].strip():
         raise ConfigError(f"run_name: {conf['run_name']!r} must be a single non-empty folder name")
+
+
+def _check_resources(section: str, resources: Any) -> None:
+    """``<section>.resources``: None or a mapping of custom Ray resource name -> amount >= 0."""
+    if resources is None:
+        return
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{section}.resources: expected a mapping like {{cpu_worker: 1}}, got {resources!r}")
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU", "memory"):
+            raise ConfigError(f"{section}.resources.{name}: use {section}.num_cpus / num_gpus for built-in resources")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ConfigError(f"{section}.resources.{name}: expected a number >= 0, got {amount!r}")
 
 
 def run_url(conf: dict) -> str:

@@ -124,6 +124,7 @@ def run_ray_stage(
 
     ds = read_dataset(input_urls, input_manifest, key, done, block_rows=int(stage_conf["batch_size"]))
     num_gpus = float(stage_conf["num_gpus"]) or None  # None, not 0: ray#45201
+    custom = {"resources": dict(stage_conf["resources"])} if stage_conf.get("resources") else {}
     ds = ds.map_batches(
         actor_cls,
         fn_constructor_kwargs=ctor_kwargs,
@@ -132,6 +133,7 @@ def run_ray_stage(
         num_cpus=float(stage_conf["num_cpus"]),
         num_gpus=num_gpus,
         batch_format="pyarrow",
+        **custom,  # custom Ray resources (``<stage>.resources``), e.g. to keep RANSAC on CPU workers
     )
     ds = ds.map_batches(
         write_part,

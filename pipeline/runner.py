@@ -28,7 +28,7 @@ from matchmill.manifests.commit import (
     write_started,
 )
 from matchmill.manifests.schemas import SCHEMA_VERSION
-from matchmill.manifests.storage import check_writable, join, remove_tree, url_to_fs, write_manifest
+from matchmill.manifests.storage import check_writable, join, read_manifest, remove_tree, url_to_fs, write_manifest
 
 from .config import ConfigError, run_url, stage_hash
 from .graph import STAGE_NAMES, STAGES, StageSpec, section_value
@@ -162,9 +162,10 @@ def run_driver_stage(spec: StageSpec, conf: dict, url: str, config_hash: str) ->
 
         table = build_pairs(conf)
     elif spec.name == "images":
-        from matchmill.stages.images import unique_images
+        from matchmill.stages.images import IMAGE_SOURCE_COLUMNS, unique_images
 
-        table = unique_images(read_stage(url, "pairs", "pairs"))
+        # one pairs part at a time: the driver holds the unique images, never every pair
+        table = unique_images(read_manifest(part, "pairs", IMAGE_SOURCE_COLUMNS) for part in part_files(url, "pairs"))
     elif spec.name == "metrics":
         from matchmill.stages.metrics import compute_metrics
 
@@ -210,8 +211,7 @@ def run_distributed_stage(spec: StageSpec, conf: dict, url: str, config_hash: st
         log.warning("stage %s: removing unreadable part %s (its rows are redone)", spec.name, part)
         remove_tree(part)
     inputs = part_files(url, spec.input)
-    input_keys = read_stage(url, spec.input, get_manifest(spec.input), columns=[spec.key]).column(spec.key)
-    todo = sum(1 for k in input_keys.to_pylist() if k not in done)
+    todo = count_todo(url, spec, done)
     if not inputs or todo <= 0:
         return 0, bool(done)
     actor_cls, kwargs = actor_for(spec, conf, url, config_hash)
@@ -228,6 +228,14 @@ def run_distributed_stage(spec: StageSpec, conf: dict, url: str, config_hash: st
         conf["part_rows"],
     )
     return sum(int(c["rows"]) for c in counters), bool(done)
+
+
+def count_todo(url: str, spec: StageSpec, done: set[str]) -> int:
+    """Input rows whose key is not in ``done``, counted in Arrow (no Python object per row)."""
+    keys = read_stage(url, spec.input, get_manifest(spec.input), columns=[spec.key]).column(spec.key)
+    if not done:
+        return len(keys)
+    return len(keys) - int(pc.sum(pc.is_in(keys, value_set=pa.array(sorted(done), pa.string()))).as_py() or 0)
 
 
 def get_manifest(stage: str) -> str:

@@ -52,4 +52,10 @@ def check_resources(conf: dict) -> None:
             )
         if want_cpu > cpus:
             raise ResourceError(f"{stage}.num_cpus={want_cpu} exceeds the cluster's {cpus:g} CPU(s)")
+        for name, amount in (conf[stage].get("resources") or {}).items():
+            if resources.get(name, 0.0) < amount:
+                raise ResourceError(
+                    f"{stage}.resources.{name}={amount:g} but the Ray cluster has {resources.get(name, 0.0):g} of it; "
+                    f"start a worker group with rayStartParams resources '{{\"{name}\": N}}' or unset {stage}.resources"
+                )
 

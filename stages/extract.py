@@ -39,6 +39,25 @@ class ExtractActor:
         return process_rows(batch, self.extract_one, FEATURES, stage="extract", key="image_id")
 
     def extract_one(self, row: dict) -> dict:
+        tensors, seconds = self.compute(row)
+        width, height = (int(v) for v in tensors["image_size"])
+        url = artifact_url(self.run_url, self.config_hash, row["image_id"])
+        write_artifact(url, tensors, metadata={"image_id": row["image_id"], "method": self.method_name})
+        return {
+            "method": self.method_name,
+            "width": width,
+            "height": height,
+            "num_keypoints": len(tensors.get("keypoints", ())),
+            "artifact_uri": url,
+            "seconds": seconds,
+        }
+
+    def compute(self, row: dict) -> tuple[dict[str, np.ndarray], float]:
+        """The feature tensors of one image row, as stored in its artifact, and the extractor's seconds.
+
+        Keypoints are in original pixels; ``image_size`` is (2,) [width, height]; ``scale`` (2,) maps
+        the extractor's frame to the original image.
+        """
         image = load_image(row["path"], max_pixels=self.max_image_pixels)
         height, width = image.shape[:2]
         crop = row.get("crop")
@@ -55,13 +74,4 @@ class ExtractActor:
             scale = (scale[0] * float(net_scale[0]), scale[1] * float(net_scale[1]))
         tensors["image_size"] = np.array([width, height], np.int64)
         tensors["scale"] = np.array(scale, np.float64)
-        url = artifact_url(self.run_url, self.config_hash, row["image_id"])
-        write_artifact(url, tensors, metadata={"image_id": row["image_id"], "method": self.method_name})
-        return {
-            "method": self.method_name,
-            "width": width,
-            "height": height,
-            "num_keypoints": len(tensors.get("keypoints", ())),
-            "artifact_uri": url,
-            "seconds": seconds,
-        }
+        return tensors, seconds

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyarrow as pa
 
 from matchmill.manifests.schemas import IMAGES, STATUS_OK
 
+#: PAIRS columns the images stage reads.
+IMAGE_SOURCE_COLUMNS = ["scene", "image0", "image1", "path0", "path1", "crop0", "crop1"]
 
-def unique_images(pairs: pa.Table) -> pa.Table:
+
+def unique_images(pairs: pa.Table | Iterable[pa.Table]) -> pa.Table:
     """One row per distinct image id referenced by any pair (failed pairs included: their
-    images may still serve other pairs). Returns an IMAGES table sorted by image id."""
+    images may still serve other pairs). Returns an IMAGES table sorted by image id.
+
+    ``pairs`` is a PAIRS table, or an iterable of them (e.g. one per part file, with at least
+    IMAGE_SOURCE_COLUMNS) so that memory grows with the number of images, not of pairs."""
     images: dict[str, dict] = {}
-    for row in pairs.select(["scene", "image0", "image1", "path0", "path1", "crop0", "crop1"]).to_pylist():
+    tables = [pairs] if isinstance(pairs, pa.Table) else pairs
+    rows = (row for table in tables for row in table.select(IMAGE_SOURCE_COLUMNS).to_pylist())
+    for row in rows:
         for side in ("0", "1"):
             image_id = row["image" + side]
             if image_id and image_id not in images:

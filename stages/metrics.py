@@ -16,10 +16,11 @@ from matchmill.manifests.commit import read_stage
 from matchmill.manifests.schemas import METRICS
 from matchmill.manifests.storage import exists, join, read_bytes, write_bytes_atomic
 
-#: Columns of the verified manifest the aggregate needs (the big per-match arrays are skipped).
+#: Columns of the verified manifest the aggregate needs (the big per-match arrays, K and the
+#: keys are skipped: the driver holds one small dict per pair here).
 _COLUMNS = [
-    "pair_id", "status", "error", "num_matches", "num_inliers", "pose_error", "pose_error_fdegensac",
-    "corner_error", "mma", "H_0to1", "T_0to1", "K0", "K1",
+    "status", "num_matches", "num_inliers", "pose_error", "pose_error_fdegensac",
+    "corner_error", "mma", "H_0to1", "T_0to1",
 ]
 
 

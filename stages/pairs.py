@@ -59,6 +59,10 @@ def source_rows(conf: dict) -> list[dict]:
     if source == "pairs_file":
         from matchmill.datasets.pairs_file import read_pairs_file
 
+        if str(data["pairs_file"]).endswith(".parquet"):  # a ready PAIRS manifest (any GT kind)
+            from matchmill.manifests.storage import read_manifest
+
+            return read_manifest(str(data["pairs_file"]), "pairs").to_pylist()
         return read_pairs_file(data["pairs_file"], data["images_dir"] or data["root"] or ".")
     raise ValueError(f"data.source: unknown source {source!r}")
 

@@ -12,11 +12,13 @@ import importlib
 EXTRACTORS: dict[str, str] = {
     "sift": "matchmill.classical.sift:SiftExtractor",
     "resnet34": "matchmill.stages.patch2pix_methods:ResNet34Extractor",
+    "pump": "matchmill.stages.pump_methods:PumpExtractor",
 }
 
 PROPOSERS: dict[str, str] = {
     "mnn": "matchmill.stages.proposers:MutualNNProposer",
     "ncnet": "matchmill.stages.patch2pix_methods:NCNetProposer",
+    "pump-pyramid": "matchmill.stages.pump_methods:PumpPyramidProposer",
 }
 
 REFINERS: dict[str, str] = {

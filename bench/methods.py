@@ -1,0 +1,103 @@
+"""Method presets of the benchmarks: a preset name -> the dotted config overrides it stands for.
+
+A preset is applied on top of the benchmark's base config, before the user's own overrides, so
+``matchmill bench hpatches ROOT --methods patch2pix refine.weights=/w/p2p.pth`` runs the Patch2Pix
+chain with those weights. The SIFT baseline is the preset ``sift``; its name contains ``sift`` as
+every report expects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Preset name -> dotted config overrides (values as Python objects).
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    # classical baseline: OpenCV SIFT -> mutual nearest neighbours -> no refinement
+    "sift": {"extract.method": "sift", "propose.method": "mnn", "refine.method": "identity"},
+    # Patch2Pix: ResNet34 pyramid -> NCNet 4D-consensus proposals -> mid + fine regressors
+    "patch2pix": {"extract.method": "resnet34", "propose.method": "ncnet", "refine.method": "patch2pix"},
+    # PUMP: dense ConvMixer descriptors -> pyramidal dense matching
+    "pump": {"extract.method": "pump", "propose.method": "pump-pyramid", "refine.method": "identity"},
+    # PUMP descriptors sampled at SIFT keypoints -> mutual nearest neighbours
+    "pump-sift-mnn": {
+        "extract.method": "pump",
+        "extract.keypoints": "sift",
+        "propose.method": "mnn",
+        "refine.method": "identity",
+    },
+}
+
+#: The preset run as the baseline unless ``--no-sift`` is given.
+BASELINE = "sift"
+
+_METHOD_KEYS = ("extract.method", "propose.method", "refine.method")
+
+
+class UnknownPresetError(KeyError):
+    """A preset name that is not in METHOD_PRESETS."""
+
+
+class UnregisteredMethodError(ValueError):
+    """A preset names a stage method that the registry does not know or cannot import."""
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """The dotted overrides of preset ``name`` (a copy).
+
+    Raises:
+        UnknownPresetError: ``name`` is not a preset; the message lists the known ones.
+    """
+    if name not in METHOD_PRESETS:
+        raise UnknownPresetError(f"--methods: unknown method preset {name!r}; known: {', '.join(sorted(METHOD_PRESETS))}")
+    return dict(METHOD_PRESETS[name])
+
+
+def check_registered(name: str, overrides: dict[str, Any] | None = None) -> None:
+    """Make sure every stage method of preset ``name`` is registered and importable.
+
+    Args:
+        name: preset name (used in messages; looked up in METHOD_PRESETS when ``overrides`` is None).
+        overrides: the preset's dotted overrides, for presets from another table.
+
+    Raises:
+        UnknownPresetError: ``name`` is not a preset (and no ``overrides`` were given).
+        UnregisteredMethodError: a stage method is unknown to the registry or its module does not
+            import; the message names the preset, the stage and the method.
+    """
+    from matchmill.stages.registry import REGISTRIES, load_method
+
+    overrides = preset_overrides(name) if overrides is None else overrides
+    for key in _METHOD_KEYS:
+        if key not in overrides:
+            continue
+        stage, method = key.split(".")[0], overrides[key]
+        if method not in REGISTRIES[stage]:
+            raise UnregisteredMethodError(
+                f"method preset {name!r}: {stage}.method={method!r} is not registered "
+                f"(known {stage} methods: {', '.join(sorted(REGISTRIES[stage]))})"
+            )
+        try:
+            load_method(stage, method)
+        except (ImportError, AttributeError) as exc:
+            raise UnregisteredMethodError(
+                f"method preset {name!r}: {stage}.method={method!r} is registered but cannot be loaded "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+
+def select_methods(methods: list[str], include_baseline: bool = True) -> list[str]:
+    """The presets to run, baseline first (unless excluded), duplicates removed, order kept.
+
+    Raises:
+        UnknownPresetError: a name is not a preset.
+        ValueError: nothing left to run.
+    """
+    names = ([BASELINE] if include_baseline else []) + [m.strip() for m in methods if m.strip()]
+    out: list[str] = []
+    for name in names:
+        preset_overrides(name)  # validates the name
+        if name not in out and (include_baseline or name != BASELINE):
+            out.append(name)
+    if not out:
+        raise ValueError("no method to run: --no-sift was given and --methods names no other preset")
+    return out

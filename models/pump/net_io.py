@@ -1,0 +1,149 @@
+"""What the PUMP descriptor nets share at their borders: input normalisation, shape checks, weights.
+
+Input convention (both backbones, spec ``pump.md`` §1.1): RGB scaled to [0, 1], then ImageNet
+mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225) per channel. :func:`normalize_images`
+does it for a uint8 batch; :func:`matchmill.models.resnet.normalize_image` for one numpy image.
+
+Weights are loaded weights-only (no pickled code) through
+:func:`matchmill.models.resnet.load_weights_file` and checked key by key before anything is
+copied, so a wrong file fails with the names of the missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from matchmill.models.resnet import IMAGENET_MEAN, IMAGENET_STD, load_weights_file
+
+__all__ = [
+    "check_image_batch",
+    "check_descriptors",
+    "normalize_images",
+    "load_net_weights",
+    "save_net_weights",
+    "state_dict_problems",
+]
+
+# BatchNorm counters: not required in a weights file (an old or converted file may lack them)
+_OPTIONAL_SUFFIXES = (".num_batches_tracked",)
+
+
+def normalize_images(images: Tensor) -> Tensor:
+    """uint8 RGB batch -> ImageNet-normalised float32 network input.
+
+    Args:
+        images: :math:`(B, H, W, 3)` ``uint8`` (channels last, as images are stored) or
+            :math:`(B, 3, H, W)` ``uint8``.
+
+    Returns:
+        :math:`(B, 3, H, W)` float32, ``(images / 255 - mean) / std`` per channel.
+    """
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        desc = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a uint8 tensor (B, H, W, 3) or (B, 3, H, W), got {desc}")
+    if images.shape[-1] == 3:
+        images = images.permute(0, 3, 1, 2)
+    elif images.shape[1] != 3:
+        raise ValueError(f"images must have 3 channels, first or last, got shape {tuple(images.shape)}")
+    x = images.float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def check_image_batch(x: Tensor, owner: str, multiple: int = 1) -> None:
+    """Raise ValueError unless ``x`` is a non-empty float (B, 3, H, W) with H, W multiples of ``multiple``."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{owner}: expected a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{owner}: expected input of shape (B, 3, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{owner}: expected a float (B, 3, H, W) tensor (see normalize_images), got {x.dtype}")
+    if min(x.shape[0], x.shape[2], x.shape[3]) == 0:
+        raise ValueError(f"{owner}: expected a non-empty (B, 3, H, W) tensor, got {tuple(x.shape)}")
+    h, w = int(x.shape[2]), int(x.shape[3])
+    if h % multiple or w % multiple:
+        raise ValueError(
+            f"{owner}: input H, W must be multiples of {multiple}, got {h}x{w} "
+            f"(pad right/bottom first, e.g. matchmill.models.pump.extract.run_padded)"
+        )
+
+
+def check_descriptors(desc: Tensor, name: str, channels: int | None = None) -> None:
+    """Raise ValueError unless ``desc`` is a float (B, C, H, W) tensor (with ``C == channels`` if given)."""
+    if not isinstance(desc, Tensor) or desc.ndim != 4 or not desc.is_floating_point():
+        shape = tuple(desc.shape) if isinstance(desc, Tensor) else type(desc).__name__
+        raise ValueError(f"{name} must be a float (B, C, H, W) tensor, got {shape}")
+    if channels is not None and desc.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels, got shape {tuple(desc.shape)}")
+
+
+def state_dict_problems(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], strict: bool) -> list[str]:
+    """Human-readable list of what keeps ``given`` from loading into a module whose state dict is ``expected``.
+
+    Mis-shaped keys are always problems; missing (non-optional) and unexpected keys only when ``strict``.
+    """
+    missing = sorted(k for k in expected if k not in given and not k.endswith(_OPTIONAL_SUFFIXES))
+    unexpected = sorted(k for k in given if k not in expected)
+    misshaped = sorted(
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
+        for k in given
+        if k in expected and tuple(given[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
+    return problems
+
+
+def load_net_weights(net: nn.Module, source: str | Path | Mapping[str, Tensor], strict: bool = True) -> None:
+    """Fill ``net`` (in place) from a weights file or a state dict; nothing is copied on error.
+
+    Args:
+        net: the module to fill.
+        source: ``.pth`` / ``.pt`` (read with ``weights_only=True``) or ``.safetensors`` path, or a
+            ``{name: tensor}`` mapping. A checkpoint dict with the weights under ``"state_dict"`` or
+            ``"model"`` is unwrapped (see :func:`matchmill.models.resnet.load_weights_file`).
+        strict: fail on missing or unexpected keys (mis-shaped keys always fail).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unreadable file, or a message naming every missing / unexpected / mis-shaped key.
+    """
+    where = str(source) if isinstance(source, (str, Path)) else "state dict"
+    given = load_weights_file(source) if isinstance(source, (str, Path)) else dict(source)
+    expected = net.state_dict()
+    problems = state_dict_problems(expected, given, strict)
+    if problems:
+        raise ValueError(f"cannot load {type(net).__name__} weights from {where}: " + " | ".join(problems))
+    merged = dict(expected)
+    for k, v in given.items():
+        if k in expected:
+            merged[k] = v.detach().to(dtype=expected[k].dtype, device=expected[k].device)
+    net.load_state_dict(merged, strict=True)
+
+
+def save_net_weights(net: nn.Module, path: str | Path) -> Path:
+    """Write ``net``'s state dict, contiguous CPU tensors, as ``.safetensors`` or (any other suffix) ``torch.save``.
+
+    Contiguity matters: the ConvMixer keeps channels-last weights, which ``safetensors`` refuses as is.
+    The file round-trips through :func:`load_net_weights` (and the nets' ``weights`` conf key).
+    """
+    path = Path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, str(path))
+    return path

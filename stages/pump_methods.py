@@ -1,0 +1,142 @@
+"""Stage adapters for PUMP: dense ConvMixer descriptors -> pyramidal dense matching (or MNN at keypoints).
+
+Frames: the extract stage resizes an image (``extract.resize_max``); the PUMP extractor then resizes
+it to a multiple of the net's stride (``net_scale`` maps that network frame back). Dense maps are
+stored for the scales 2^(-k/2) between 1 and ``dense_min_scale`` (keys ``dense_0``, ``dense_1``, ...
+with ``dense_scales``), so the propose stage can run the multi-scale wrapper without the net.
+Keypoint descriptors (``extract.keypoints: sift``) are sampled from the maps at scales 2^(-k/4)
+down to ``keypoint_min_scale`` (PUMP spec 3.1), the scale chosen per keypoint from its SIFT size.
+
+Artifact size per image: 128 * H * W * 2 bytes (fp16) times sum(s^2) over the stored scales
+(1.75 for scales 1, 0.707, 0.5): about 34 MB at 320x240.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from matchmill.datasets.image_io import to_original
+
+from .patch2pix_methods import _load_state, _seeded, to_network
+
+
+def stored_scales(min_scale: float) -> list[float]:
+    """Scales 2^(-k/2), k = 0, 1, ..., not below ``min_scale`` (the multi-scale wrapper's steps)."""
+    if not 0 < float(min_scale) <= 1:
+        raise ValueError(f"dense_min_scale must be in (0, 1], got {min_scale}")
+    scales, k = [], 0
+    while 2 ** (-k / 2) >= float(min_scale) - 1e-9:
+        scales.append(float(2 ** (-k / 2)))
+        k += 1
+    return scales
+
+
+def dense_maps(feats: dict[str, np.ndarray], who: str) -> list[tuple[float, torch.Tensor]]:
+    """The stored (scale, (C, h, w) float32) dense maps of one image, finest first."""
+    if "dense_scales" not in feats:
+        raise ValueError(f"{who}: features have no dense PUMP maps; this method needs extract.method=pump")
+    scales = [float(s) for s in np.asarray(feats["dense_scales"]).ravel()]
+    return [(s, torch.from_numpy(feats[f"dense_{k}"].astype(np.float32))) for k, s in enumerate(scales)]
+
+
+class PumpExtractor:
+    """PUMP dense descriptors of one image (multi-scale, fp16) and optionally descriptors at SIFT keypoints."""
+
+    default_conf = {
+        "weights": None,  # ConvMixer state dict (.pth / .safetensors); None = seeded random init
+        "init_seed": 0,  # seed of the random initialisation when no weights are given
+        "cpu_sized": True,  # width-128 ConvMixer (CPU budget); False = the paper's width 512
+        "dense_min_scale": 0.5,  # store dense maps at 2^(-k/2) down to this (pump-pyramid max_scale <= 1/this)
+        "keypoints": "none",  # "sift": also detect SIFT keypoints and sample PUMP descriptors there (for mnn)
+        "max_keypoints": 2048,  # keypoints kept (strongest SIFT responses)
+        "keypoint_min_scale": 0.3,  # descriptor scales 2^(-k/4) down to this for keypoint sampling (spec 3.1)
+        "fp16": True,  # store dense maps as float16 (halves artifact size)
+    }
+
+    def __init__(self, conf: dict):
+        from matchmill.models.pump.convmixer import DEFAULT_CONF, PumpConvMixer, cpu_sized
+
+        self.conf = {**self.default_conf, **conf}
+        if self.conf["keypoints"] not in ("none", "sift"):
+            raise ValueError(f"extract.keypoints must be 'none' or 'sift', got {self.conf['keypoints']!r}")
+        self.scales = stored_scales(self.conf["dense_min_scale"])
+        _seeded(self.conf["init_seed"])
+        net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
+        self.net = PumpConvMixer(net_conf).eval()
+        _load_state(self.net, self.conf["weights"])
+        self.sift = None
+        if self.conf["keypoints"] == "sift":
+            from matchmill.classical.sift import SiftExtractor
+
+            self.sift = SiftExtractor({"max_keypoints": int(self.conf["max_keypoints"]), "rootsift": False})
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """(H, W, 3) uint8 RGB -> ``dense_k`` (128, h_k, w_k), ``dense_scales`` (K,), ``net_scale`` (2,),
+        and with keypoints: ``keypoints`` (N, 2), ``descriptors`` (N, 128), ``scores`` (N,), ``scales`` (N,)."""
+        from matchmill.models.pump.extract import dense_descriptors, descriptor_scales, sample_at_keypoints
+
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        h, w = image.shape[:2]
+        m = int(getattr(self.net, "multiple", 8))
+        nh, nw = (h // m) * m, (w // m) * m
+        if nh < 4 * m or nw < 4 * m:
+            raise ValueError(f"image {w}x{h} is too small for PUMP (needs >= {4 * m}px per side)")
+        resized = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        out: dict[str, np.ndarray] = {}
+        dtype = np.float16 if self.conf["fp16"] else np.float32
+        for k, (scale, desc) in enumerate(dense_descriptors(self.net, resized, self.scales)):
+            out[f"dense_{k}"] = desc.numpy().astype(dtype)
+        out["dense_scales"] = np.array(self.scales, np.float64)
+        net_scale = np.array([w / nw, h / nh], np.float64)
+        out["net_scale"] = net_scale
+        if self.sift is not None:
+            kp = self.sift(image)  # keypoints in the frame of the image given (the extract stage maps them)
+            kp_scales = descriptor_scales(min_scale=float(self.conf["keypoint_min_scale"]), max_scale=1.0)
+            maps = dense_descriptors(self.net, resized, kp_scales)
+            pts_net = to_network(kp["keypoints"], net_scale)
+            desc = sample_at_keypoints(maps, pts_net, kp["scales"] / net_scale.mean())
+            out.update(keypoints=kp["keypoints"], descriptors=np.asarray(desc, np.float32),
+                       scores=kp["scores"], scales=kp["scales"])
+        return out
+
+
+class PumpPyramidProposer:
+    """Dense pyramidal PUMP matching between the stored multi-scale maps of both images."""
+
+    default_conf = {
+        "max_scale": 1.0,  # relative scales 2^(k/2) in [1/max_scale, max_scale]; 1 = single scale (CPU default)
+        "memory_budget_mb": 512,  # bound of the level-0 correlation chunks (see models/pump/pyramid_infer.py)
+        "post_filter": True,  # keep matches in connected components of locally consistent matches
+        "min_cc_size": 50,  # post-filter: drop components with at most this many matches
+        "max_proposals": 0,  # keep the top-N by score; 0 = all
+    }
+
+    def __init__(self, conf: dict):
+        self.conf = {**self.default_conf, **conf}
+        if float(self.conf["max_scale"]) < 1:
+            raise ValueError(f"propose.max_scale must be >= 1, got {self.conf['max_scale']}")
+
+    @torch.no_grad()
+    def __call__(self, feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        from matchmill.models.pump.multiscale_match import match_multiscale
+        from matchmill.models.pump.post_filter import post_filter
+
+        maps0, maps1 = dense_maps(feats0, "image0"), dense_maps(feats1, "image1")
+        size0 = (maps0[0][1].shape[-1], maps0[0][1].shape[-2])
+        size1 = (maps1[0][1].shape[-1], maps1[0][1].shape[-2])
+        budget = int(self.conf["memory_budget_mb"])
+        corres = match_multiscale(maps0, maps1, size0, size1,
+                                  {"max_scale": float(self.conf["max_scale"]), "memory_budget_mb": budget})
+        if self.conf["post_filter"] and len(corres):
+            corres = post_filter(corres, {"min_cc_size": int(self.conf["min_cc_size"])})
+        corres = np.asarray(corres, np.float32).reshape(-1, 5)
+        if self.conf["max_proposals"] and len(corres) > self.conf["max_proposals"]:
+            corres = corres[np.argsort(-corres[:, 4], kind="stable")[: int(self.conf["max_proposals"])]]
+        matches = np.concatenate(
+            [to_original(corres[:, :2], feats0["scale"]), to_original(corres[:, 2:4], feats1["scale"])], axis=1
+        )
+        return matches.astype(np.float32).reshape(-1, 4), corres[:, 4].astype(np.float32)

@@ -1,0 +1,1 @@
+"""Pictures of what the pipeline does: ``matchmill viz pyramid`` and ``matchmill viz matches``."""
