@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -87,6 +88,7 @@ def measure_driver_memory(out: Path, num_pairs: int, until: str | None = None,
     """Run ``matchmill run`` over ``num_pairs`` pairs in a fresh process; its peak and final RSS."""
     images = out / "images"
     names = make_images(images, images_needed(num_pairs))
+    shutil.rmtree(out / f"runs-{num_pairs}", ignore_errors=True)  # a fresh run, never a resumed one
     pairs_file = write_pairs_file(out / f"pairs-{num_pairs}.txt", names, num_pairs)
     argv = ["run", str(CONFIG), f"storage=file://{out}/runs-{num_pairs}", "data.source=pairs_file",
             f"data.pairs_file={pairs_file}", f"data.images_dir={images}", "extract.resize_max=96",

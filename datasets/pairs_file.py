@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -176,17 +176,20 @@ def read_pairs_file(path: str | os.PathLike, images_dir: str | os.PathLike) -> l
     Raises:
         FileNotFoundError: the pairs file itself does not exist.
     """
+    return list(iter_pairs_file(path, images_dir))
+
+
+def iter_pairs_file(path: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The rows of :func:`read_pairs_file` one at a time: the file is read line by line, so a
+    pairs list of any length costs the caller one row of memory."""
     import fsspec
 
     path = os.fspath(path)
     images_dir = os.fspath(images_dir)
     with fsspec.open(path, "rt", encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    rows = []
-    for lineno, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        tokens = text.split()
-        rows.append(_parse_line(tokens, images_dir, f"{path}:{lineno}", _scene_of(tokens[0])))
-    return rows
+        for lineno, line in enumerate(f, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            tokens = text.split()
+            yield _parse_line(tokens, images_dir, f"{path}:{lineno}", _scene_of(tokens[0]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -28,7 +29,15 @@ from matchmill.manifests.commit import (
     write_started,
 )
 from matchmill.manifests.schemas import SCHEMA_VERSION
-from matchmill.manifests.storage import check_writable, join, read_manifest, remove_tree, url_to_fs, write_manifest
+from matchmill.manifests.storage import (
+    check_writable,
+    join,
+    read_manifest,
+    remove_tree,
+    schema_of,
+    url_to_fs,
+    write_manifest,
+)
 
 from .config import ConfigError, run_url, stage_hash
 from .graph import STAGE_NAMES, STAGES, StageSpec, section_value
@@ -96,6 +105,7 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
             init_ray(conf, address)
             ray_started = True
         report = run_stage(spec, conf, url, hashes[spec.name])
+        pa.default_memory_pool().release_unused()  # hand a stage's transient Arrow buffers back to the OS
         result.stages.append(report)
         echo(format_report(report))
         if spec.name == until:
@@ -147,20 +157,40 @@ def count_rows(url: str, spec: StageSpec) -> tuple[int, int]:
     return table.num_rows, failed
 
 
-def write_in_parts(table: pa.Table, url: str, spec: StageSpec, rows_per_part: int = DRIVER_PART_ROWS) -> None:
-    for i, start in enumerate(range(0, max(table.num_rows, 1), rows_per_part)):
-        chunk = table.slice(start, rows_per_part)
-        write_manifest(chunk, join(stage_url(url, spec.name), f"part-{i:05d}.parquet"), spec.manifest)
+def write_in_parts(tables: pa.Table | Iterable[pa.Table], url: str, spec: StageSpec,
+                   rows_per_part: int = DRIVER_PART_ROWS) -> int:
+    """Write a table, or a stream of tables, as part files of ``rows_per_part`` rows (the last one
+    shorter; no rows -> one empty part); returns the row count. Holds at most one part."""
+    pending: list[pa.Table] = []
+    pending_rows = parts = total = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_rows, parts
+        chunk = pa.concat_tables(pending) if pending else schema_of(spec.manifest).empty_table()
+        write_manifest(chunk, join(stage_url(url, spec.name), f"part-{parts:05d}.parquet"), spec.manifest)
+        pending, pending_rows, parts = [], 0, parts + 1
+
+    for table in [tables] if isinstance(tables, pa.Table) else tables:
+        start = 0
+        while start < table.num_rows:
+            take = min(rows_per_part - pending_rows, table.num_rows - start)
+            pending.append(table.slice(start, take))
+            pending_rows, start, total = pending_rows + take, start + take, total + take
+            if pending_rows == rows_per_part:
+                flush()
+    if pending_rows or parts == 0:
+        flush()
+    return total
 
 
 def run_driver_stage(spec: StageSpec, conf: dict, url: str, config_hash: str) -> int:
-    """pairs / images / metrics: cheap, computed in-process and written in one go."""
+    """pairs / images / metrics: cheap, computed in-process; pairs are streamed into parts."""
     for part in part_files(url, spec.name):
         remove_tree(part)
     if spec.name == "pairs":
-        from matchmill.stages.pairs import build_pairs
+        from matchmill.stages.pairs import iter_pair_tables
 
-        table = build_pairs(conf)
+        return write_in_parts(iter_pair_tables(conf), url, spec)
     elif spec.name == "images":
         from matchmill.stages.images import IMAGE_SOURCE_COLUMNS, unique_images
 
@@ -172,8 +202,7 @@ def run_driver_stage(spec: StageSpec, conf: dict, url: str, config_hash: str) ->
         table = compute_metrics(url, conf)
     else:  # pragma: no cover - graph and code out of sync
         raise RuntimeError(f"no driver implementation for stage {spec.name}")
-    write_in_parts(table, url, spec)
-    return table.num_rows
+    return write_in_parts(table, url, spec)
 
 
 def actor_for(spec: StageSpec, conf: dict, url: str, config_hash: str) -> tuple[type, dict]:

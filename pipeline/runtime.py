@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 log = logging.getLogger(__name__)
 
 RAY_STAGES = ("extract", "propose", "refine", "verify")
+
+#: Seconds a run that joins a cluster waits for the GPUs / custom resources it needs to register.
+CLUSTER_WAIT_SECONDS = 120.0
 
 
 class ResourceError(RuntimeError):
@@ -19,8 +23,8 @@ def init_ray(conf: dict, address: str | None = None) -> None:
     import ray
     from ray.data import DataContext
 
+    address = address or conf["ray"]["address"] or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        address = address or conf["ray"]["address"] or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         else:
@@ -34,11 +38,24 @@ def init_ray(conf: dict, address: str | None = None) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = bool(conf["ray"]["progress_bars"])
     ctx.enable_operator_progress_bars = bool(conf["ray"]["progress_bars"])
-    check_resources(conf)
+    # on a cluster, workers may still be registering when the job starts (e.g. a fresh RayJob)
+    check_resources(conf, wait_seconds=CLUSTER_WAIT_SECONDS if address else 0.0)
 
 
-def check_resources(conf: dict) -> None:
-    """Fail fast instead of waiting forever for GPUs or CPUs that do not exist."""
+def check_resources(conf: dict, wait_seconds: float = 0.0) -> None:
+    """Fail fast instead of waiting forever for GPUs or CPUs that do not exist (after waiting up
+    to ``wait_seconds`` for them to appear)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return _check_resources_once(conf)
+        except ResourceError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(2.0)
+
+
+def _check_resources_once(conf: dict) -> None:
     import ray
 
     resources = ray.cluster_resources()

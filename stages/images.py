@@ -20,7 +20,8 @@ def unique_images(pairs: pa.Table | Iterable[pa.Table]) -> pa.Table:
     IMAGE_SOURCE_COLUMNS) so that memory grows with the number of images, not of pairs."""
     images: dict[str, dict] = {}
     tables = [pairs] if isinstance(pairs, pa.Table) else pairs
-    rows = (row for table in tables for row in table.select(IMAGE_SOURCE_COLUMNS).to_pylist())
+    batches = (b for table in tables for b in table.select(IMAGE_SOURCE_COLUMNS).to_batches(max_chunksize=1024))
+    rows = (row for batch in batches for row in batch.to_pylist())
     for row in rows:
         for side in ("0", "1"):
             image_id = row["image" + side]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,6 +16,9 @@ from matchmill.manifests.storage import conform
 log = logging.getLogger(__name__)
 
 _MATRIX_SIZES = {"K0": 9, "K1": 9, "T_0to1": 16, "H_0to1": 9}
+
+#: Pair dicts converted to Arrow at a time (bounds the driver's Python objects per pair).
+CHUNK_ROWS = 1024
 
 
 def demo_root(conf: dict) -> Path:
@@ -36,8 +40,8 @@ def demo_root(conf: dict) -> Path:
     return root
 
 
-def source_rows(conf: dict) -> list[dict]:
-    """Pair dicts (PAIRS field names) from ``data.source``."""
+def source_rows(conf: dict) -> Iterable[dict]:
+    """Pair dicts (PAIRS field names) from ``data.source`` (pairs files are streamed)."""
     data = conf["data"]
     source = data["source"]
     pairs_conf = {**conf["pairs"], "seed": conf["pairs"].get("seed", conf["seed"])}
@@ -57,13 +61,14 @@ def source_rows(conf: dict) -> list[dict]:
 
         return list_oxford_pairs(data["root"])
     if source == "pairs_file":
-        from matchmill.datasets.pairs_file import read_pairs_file
+        from matchmill.datasets.pairs_file import iter_pairs_file
 
         if str(data["pairs_file"]).endswith(".parquet"):  # a ready PAIRS manifest (any GT kind)
             from matchmill.manifests.storage import read_manifest
 
-            return read_manifest(str(data["pairs_file"]), "pairs").to_pylist()
-        return read_pairs_file(data["pairs_file"], data["images_dir"] or data["root"] or ".")
+            table = read_manifest(str(data["pairs_file"]), "pairs")
+            return (row for batch in table.to_batches(max_chunksize=CHUNK_ROWS) for row in batch.to_pylist())
+        return iter_pairs_file(data["pairs_file"], data["images_dir"] or data["root"] or ".")
     raise ValueError(f"data.source: unknown source {source!r}")
 
 
@@ -85,7 +90,15 @@ def check_row(row: dict) -> str | None:
 
 def build_pairs(conf: dict) -> pa.Table:
     """Collect, check and de-duplicate pair rows into a PAIRS table."""
-    rows, seen = [], set()
+    return pa.concat_tables(list(iter_pair_tables(conf)))
+
+
+def iter_pair_tables(conf: dict, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+    """:func:`build_pairs` as PAIRS tables of at most ``chunk_rows`` rows (at least one table).
+
+    The driver holds one chunk of pair dicts at a time plus the set of pair ids seen (for
+    de-duplication), so its memory hardly grows with the length of a streamed pairs file."""
+    rows, seen, emitted = [], set(), False
     for row in source_rows(conf):
         if row["pair_id"] in seen:
             log.warning("duplicate pair %s dropped", row["pair_id"])
@@ -96,5 +109,9 @@ def build_pairs(conf: dict) -> pa.Table:
             if error:
                 row = {**row, "status": STATUS_FAILED, "error": f"pairs: {row['pair_id']}: {error}"}
         rows.append({**{"status": STATUS_OK, "error": None}, **row})
-    table = pa.Table.from_pylist(rows, schema=PAIRS) if rows else PAIRS.empty_table()
-    return conform(table, PAIRS, where="pairs")
+        if len(rows) >= chunk_rows:
+            yield conform(pa.Table.from_pylist(rows, schema=PAIRS), PAIRS, where="pairs")
+            rows, emitted = [], True
+    if rows or not emitted:
+        table = pa.Table.from_pylist(rows, schema=PAIRS) if rows else PAIRS.empty_table()
+        yield conform(table, PAIRS, where="pairs")

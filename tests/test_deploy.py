@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -411,8 +412,13 @@ def test_missing_custom_resource_fails_fast(ray_local):
     from matchmill.pipeline.runtime import ResourceError, check_resources
 
     check_resources(load_config(None))
+    pinned = load_config(None, ["verify.resources.cpu_worker=1"])
     with pytest.raises(ResourceError, match=r"verify\.resources\.cpu_worker=1 but the Ray cluster has 0"):
-        check_resources(load_config(None, ["verify.resources.cpu_worker=1"]))
+        check_resources(pinned)
+    start = time.monotonic()  # joining a cluster: wait a while for workers to register, then fail
+    with pytest.raises(ResourceError, match="cpu_worker"):
+        check_resources(pinned, wait_seconds=1.0)
+    assert time.monotonic() - start >= 1.0
 
 
 class ResourceProbe:

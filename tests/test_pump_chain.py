@@ -76,3 +76,24 @@ def test_bad_pump_settings_are_refused(pump_conf):
         PumpExtractor({"keypoints": "harris"})
     conf = pump_conf("propose.method=pump-pyramid")
     assert conf["propose"]["max_scale"] == 1.0 and conf["extract"]["dense_min_scale"] == 0.5
+    assert conf["propose"]["base_scale"] == 0.5
+
+
+@pytest.mark.parametrize("base_scale", [0.5, 1.0])
+def test_an_image_against_itself_matches_the_identity_in_original_pixels(demo_root, base_scale):
+    from matchmill.datasets.image_io import load_image, resize_max
+    from matchmill.stages.pump_methods import PumpExtractor, PumpPyramidProposer
+
+    image = load_image(str(sorted((demo_root / "demo" / "images").glob("*.jpg"))[2]))
+    small, scale = resize_max(image, 128)
+    feats = PumpExtractor({})(small)
+    net_scale = feats.pop("net_scale")
+    feats["scale"] = np.array([scale[0] * net_scale[0], scale[1] * net_scale[1]])
+    matches, scores = PumpPyramidProposer({"base_scale": base_scale, "min_cc_size": 5})(feats, feats)
+    assert len(matches) > 20 and len(scores) == len(matches)
+    pixel = image.shape[1] / small.shape[1] / base_scale  # one pixel of the matching frame, in original pixels
+    err = np.abs(matches[:, :2] - matches[:, 2:]).max(axis=1)
+    cell = 4 * pixel  # one atomic cell in original pixels
+    assert (err <= 2 * cell).mean() >= 0.99  # the criterion: within 2 atomic cells
+    assert (err <= pixel + 1e-3).mean() >= 0.9  # mostly exact; the untrained net's neighbouring pixels are near-identical
+    assert matches[:, 0].max() > image.shape[1] - 2 * cell and matches[:, 1].max() > image.shape[0] - 2 * cell

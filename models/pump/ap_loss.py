@@ -123,10 +123,15 @@ def soft_ap(scores: Tensor, is_pos: Tensor, valid: Tensor, num_bins: int = 20) -
 
 
 def _gather_rows(desc: Tensor, index: Tensor) -> Tensor:
-    """``(B, C, H, W)`` descriptors at flat pixel indices ``(B, N)`` -> ``(B, N, C)``."""
-    B, C = desc.shape[:2]
-    rows = desc.permute(0, 2, 3, 1).reshape(B, -1, C)  # a view when desc is channels-last
-    return rows.gather(1, index.unsqueeze(2).expand(B, index.shape[1], C))
+    """``(B, C, H, W)`` descriptors at flat pixel indices ``(B, N)`` -> ``(B, N, C)``.
+
+    Row copies with ``index_select`` (backward: ``index_add_``), much faster on CPU than an
+    element-wise ``gather``; the ``(B * H * W, C)`` view is free for channels-last maps.
+    """
+    B, C, h, w = desc.shape
+    rows = desc.permute(0, 2, 3, 1).reshape(B * h * w, C)
+    offset = torch.arange(B, device=index.device).view(B, 1) * (h * w)
+    return rows.index_select(0, (index + offset).reshape(-1)).view(B, index.shape[1], C)
 
 
 def _check_inputs(desc1: Tensor, desc2: Tensor, H: Tensor) -> None:
@@ -198,7 +203,8 @@ def pixel_ap(
 
     ddesc = _gather_rows(desc2, (distractors[:, 1] * w + distractors[:, 0]).expand(B, -1))  # (B, D, C)
     dist_scores = torch.bmm(qdesc, ddesc.transpose(1, 2))  # (B, Q, D)
-    near = ((distractors.view(1, 1, -1, 2) - gt.unsqueeze(2)).double().norm(dim=-1)) < float(c["distractor_min_dist"])
+    delta = distractors.view(1, 1, -1, 2) - gt.unsqueeze(2)  # (B, Q, D, 2) integer pixels
+    near = (delta * delta).sum(-1) < float(c["distractor_min_dist"]) ** 2
     dist_scores = dist_scores.masked_fill(near, 0.0)
 
     scores = torch.cat([local_scores, dist_scores], dim=-1)

@@ -28,7 +28,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..conf import merge_model_conf

@@ -15,26 +15,33 @@ img1 (descriptor at pixel ``4i + 2``), the target is every pixel of img2. Differ
   released code. After the pass, level 0 holds the best-path scores used for match extraction.
 
 Memory (``n1 = (H1/4)(W1/4)`` atomic patches, ``n2 = H2 W2`` target pixels, ``b`` bytes per value
-of ``dtype``; the level-0 volume C0 has ``n1 n2`` entries):
+of ``dtype``; the level-0 volume C0 has ``n1 n2`` entries, one "C0 row" = one row of patches,
+``(W1/4) n2`` entries):
 
-- **chunked, recomputed**: level 0 (C0, rectified) and level 1 (``~(n1 + ...) n2 / 4`` entries) are
-  never held whole. Level-0 rows of patches are recomputed from the descriptors (one matmul) for
-  each chunk: once in the bottom-up pass (to build level 2) and once in the top-down pass (which
-  recomputes the level-1 rows it needs, back-tracks them from level 2, back-tracks level 0 and
-  hands the final rows to the match extraction). Workspace = ``chunk_rows`` patch rows, about
-  ``WORKSPACE_ROWS_FACTOR x (W1/4) n2 b`` bytes per row (C0 rows, pooled copies, aggregation
-  temporaries, pooling indices);
 - **stored whole**: levels >= 2, ``(H1/4 + 1)(W1/4 + 1) n2 (1/16 + 1/64 + ...)`` ~ ``n1 n2 / 12``
-  entries, plus the descriptors;
-- so peak ~ ``n1 n2 b / 12 + chunk workspace``, and ``chunk_rows`` is chosen so that the whole
-  stays under ``memory_budget_mb`` when it can (at least one row is always processed; a budget
-  below the stored levels + one row is exceeded, never refused).
+  entries (the descriptors are the caller's);
+- **chunked, recomputed, never whole**: level 0 (C0) and level 1 (``~ n1 n2 / 4`` entries). A chunk is
+  ``chunk_rows`` rows of atomic patches. Bottom-up, each chunk of level-2 rows recomputes its C0 rows
+  from the descriptors (one matmul), pools and aggregates them into level-1 rows, and those into
+  level-2 rows (the two level-1 rows shared with the next chunk are carried over). Top-down, each
+  chunk recomputes its C0 rows once more, rebuilds and back-tracks its level-1 rows from level 2,
+  back-tracks the C0 rows from them and hands them to the match extraction (one level-1 row is
+  carried to the next chunk). Rectification, pooling and back-tracking work a block of maps at a
+  time, so their temporaries stay small. Workspace ~ ``WORKSPACE_ROWS_FACTOR * (chunk_rows + 1)``
+  C0 rows;
+- so **peak ~ n1 n2 b / 12 + 3 (chunk_rows + 1) (W1/4) n2 b**, and ``chunk_rows`` is the largest
+  that keeps this under ``memory_budget_mb`` (at least one row: a budget below the stored levels
+  plus about two C0 rows is exceeded, never refused). Measured (``benchmarks/pump_dense_memory.py``,
+  float32, peak RSS increase): 320x240 both, budget 512 MB -> 4 rows, 425 MB; budget 64 MB -> 1 row,
+  273 MB (stored levels 121 MB); 240x180 both, 512 MB -> 14 rows, 447 MB; unchunked 756 MB (~1.7 x C0).
+- the price of chunking is time: C0 is computed twice (bottom-up and top-down) plus one shared row
+  per chunk and pass; 1-row chunks measured 1.2-1.3x the CPU time of the largest chunks.
 
-The official README's formula ``W1 H1 W2 H2 * 1.333 * 2 / 16`` bytes is C0 plus all upper levels
-(``n1 n2 * 4/3`` entries) in float16 held at once: ``n1 n2 * 2.67`` bytes. Here, in float32, the
-stored part is ``n1 n2 * 4/12 = n1 n2 * 0.33`` bytes, i.e. 1/8 of the official figure (1/16 in
-float16), plus the budgeted workspace; the price is computing C0 twice (two passes). E.g. 240x320
-both: official 1.97 GB; here stored 0.13 GB fp32 + workspace.
+Against the official README formula ``W1 H1 W2 H2 * 1.333 * 2 / 16`` bytes, i.e. C0 and all upper
+levels held at once in float16 (``n1 n2 * 4/3`` entries, ``2.67 n1 n2`` bytes): here the part that
+grows with ``n1 n2`` without chunking is ``n1 n2 * 4 / 12 = 0.33 n1 n2`` bytes in float32 (1/8 of the
+official figure; 1/16 in float16), and the rest is the budgeted workspace. E.g. 320x240 both:
+official 0.94 GB, C0 alone 1.4 GB in float32, here 121 MB stored + workspace.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from .pyramid_train import (
     CELL,
     CELL_CENTRE,
     QUADRANTS,
-    _quadrant_weights,
+    quadrant_weights,
     aggregate_children,
     child_offset,
     parent_grid_shape,
@@ -68,11 +75,10 @@ __all__ = [
     "iter_final_level0",
 ]
 
-WORKSPACE_ROWS_FACTOR = 3.5
-"""Workspace per level-0 patch row, in units of one C0 row (``(W1/4) H2 W2`` values): the C0 rows, the
-square-root temporary of the rectification, the int64 pooling indices (a quarter of the entries, twice
-the bytes) and the level-1 rows, plus allocator slack; fitted on ``benchmarks/pump_dense_memory.py``
-(2.6 to 3.4 measured at 160x120 and 240x180)."""
+WORKSPACE_ROWS_FACTOR = 3.0
+"""Workspace per chunk row, in units of one C0 row (``(W1/4) H2 W2`` values), counted on ``rows + 1``:
+the C0 rows (one shared with the neighbouring chunk), the level-1 rows and their pooled copies, the
+bonus maps, plus allocator slack. ``benchmarks/pump_dense_memory.py`` measured 1.9 to 2.9."""
 
 
 @dataclass
@@ -134,7 +140,7 @@ def plan_levels(
     while len(sizes) - 1 < max_levels and min(sizes[-1]) > min_shape and bool((weights[-1] > 0).any()):
         level = len(sizes)
         py, px = parent_grid_shape(level, tuple(weights[-1].shape))
-        quad_w = _quadrant_weights(weights[-1], level, (0, py), px)
+        quad_w = quadrant_weights(weights[-1], level, (0, py), px)
         new_w = sum(quad_w.values())
         if not bool((new_w > 0).any()):
             break

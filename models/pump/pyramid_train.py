@@ -52,6 +52,7 @@ __all__ = [
     "pool_target",
     "child_offset",
     "parent_grid_shape",
+    "quadrant_weights",
     "border_normaliser",
     "aggregate_children",
     "pyramid_step",
@@ -193,7 +194,7 @@ def parent_grid_shape(level: int, child_grid: tuple[int, int]) -> tuple[int, int
     return (child_grid[0] + 1, child_grid[1] + 1) if level == 1 else tuple(child_grid)  # type: ignore[return-value]
 
 
-def _quadrant_weights(
+def quadrant_weights(
     child_weights: Tensor, level: int, parent_rows: tuple[int, int], parent_cols: int
 ) -> dict[tuple[int, int], Tensor]:
     """Per quadrant, the ``(rows, parent_cols)`` weight of each parent's child (0 where it does not exist)."""
@@ -248,7 +249,7 @@ def border_normaliser(
     py, px = parent_grid_shape(level, tuple(child_weights.shape))
     rows = parent_rows or (0, py)
     h, w = target_shape
-    quad_w = _quadrant_weights(child_weights.to(torch.float64), level, rows, px)
+    quad_w = quadrant_weights(child_weights.to(torch.float64), level, rows, px)
     total = sum(quad_w.values())
     relative = {quad: wq / total.clamp(min=1e-300) for quad, wq in quad_w.items()}
     every = {-1: 1.0, 1: 1.0}
