@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shutil
 import sys
 import time
@@ -211,10 +212,13 @@ def main() -> int:
     res["scaling"] = {"images": sizes.scaling_cameras, "size": "x".join(map(str, sizes.scaling_size)),
                       "1": throughput[1], "2": throughput[2], "ratio": ratio(throughput[2], throughput[1])}
     res["seconds"] = time.perf_counter() - start
+    res["load_average"] = [round(x, 2) for x in os.getloadavg()]  # other users of the machine show here
+    res["cpus"] = os.cpu_count()
 
     (out / "perf_suite.json").write_text(json.dumps(res, indent=2, default=str))
     print_report(res)
-    print(f"\n{res['mode']} suite: {res['seconds'] / 60:.1f} min; figures in {out / 'perf_suite.json'}")
+    print(f"\n{res['mode']} suite: {res['seconds'] / 60:.1f} min on {res['cpus']} CPUs, load average at the end "
+          f"{res['load_average'][0]:.1f} / {res['load_average'][2]:.1f} (1 / 15 min); figures in {out / 'perf_suite.json'}")
     return 0 if all(c["same_matches"] for c in res["chains"]) else 1
 
 

@@ -267,8 +267,8 @@ def test_weekly_schedule_check_rejects_other_schedules():
 
 
 def test_raycronjob_is_weekly_and_runs_bench_then_report():
+    from matchmill.bench.method_config import method_config
     from matchmill.bench.methods import select_methods
-    from matchmill.bench.run import BenchRequest, method_config
 
     cron = one("raycronjob.yaml")["spec"]
     assert is_weekly(cron["schedule"]), f"schedule {cron['schedule']!r} is not a weekly 5-field cron line"
@@ -286,10 +286,9 @@ def test_raycronjob_is_weekly_and_runs_bench_then_report():
         methods = select_methods(b.methods.split(","), include_baseline=not b.no_sift)
         assert {"sift", "patch2pix"} <= set(methods)
         assert any(o.startswith("patch2pix:refine.weights=$") for o in b.overrides), "newest checkpoint not passed"
-        request = BenchRequest(benchmark=b.benchmark, dataset=b.root, pairs=[], out=b.out, methods=methods,
-                               overrides=list(b.overrides), base_config=str(in_repo(b.config)))
         for method in methods:  # the full pipeline config of every method validates
-            conf = method_config(request, method, b.out + "/pairs/x.parquet", b.out)
+            conf = method_config(method, b.out + "/pairs/x.parquet", b.out, base_config=str(in_repo(b.config)),
+                                 resize=b.resize, overrides=list(b.overrides))
             assert conf["verify"]["resources"] == {"cpu_worker": 1}
             assert conf["extract"]["num_gpus"] >= 1
     for r in reports:
