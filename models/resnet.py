@@ -288,6 +288,28 @@ def _load_weights_url(url: str) -> dict[str, Tensor]:
             raise ValueError(str(exc).replace(str(local), url)) from exc
 
 
+def state_dict_problems(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], strict: bool) -> list[str]:
+    """Human-readable list of what keeps ``given`` from loading into a module whose state dict is ``expected``.
+
+    Mis-shaped keys are always problems; missing (non-optional) and unexpected keys only when ``strict``.
+    """
+    missing = sorted(k for k in expected if k not in given and not k.endswith(_OPTIONAL_SUFFIXES))
+    unexpected = sorted(k for k in given if k not in expected)
+    misshaped = sorted(
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
+        for k in given
+        if k in expected and tuple(given[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
+    return problems
+
+
 def load_torchvision_state_dict(
     model: ResNet34Pyramid, state_dict: Mapping[str, Tensor], strict: bool = True
 ) -> dict[str, list[str]]:
@@ -315,18 +337,7 @@ def load_torchvision_state_dict(
     given = {k: v for k, v in state_dict.items() if not k.startswith(_IGNORED_PREFIXES)}
     missing = sorted(k for k in expected if k not in given and not k.endswith(_OPTIONAL_SUFFIXES))
     unexpected = sorted(k for k in given if k not in expected)
-    misshaped = sorted(
-        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
-        for k in given
-        if k in expected and tuple(given[k].shape) != tuple(expected[k].shape)
-    )
-    problems = []
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    if misshaped:
-        problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
+    problems = state_dict_problems(expected, given, strict)
     if problems:
         raise ValueError("cannot load ResNet34 state dict: " + " | ".join(problems))
     merged = dict(expected)

@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from matchmill.models.resnet import IMAGENET_MEAN, IMAGENET_STD, load_weights_file
+from matchmill.models.resnet import IMAGENET_MEAN, IMAGENET_STD, load_weights_file, state_dict_problems
 
 __all__ = [
     "check_image_batch",
@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 # BatchNorm counters: not required in a weights file (an old or converted file may lack them)
-_OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 
 
 def normalize_images(images: Tensor) -> Tensor:
@@ -80,28 +79,6 @@ def check_descriptors(desc: Tensor, name: str, channels: int | None = None) -> N
         raise ValueError(f"{name} must be a float (B, C, H, W) tensor, got {shape}")
     if channels is not None and desc.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels, got shape {tuple(desc.shape)}")
-
-
-def state_dict_problems(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], strict: bool) -> list[str]:
-    """Human-readable list of what keeps ``given`` from loading into a module whose state dict is ``expected``.
-
-    Mis-shaped keys are always problems; missing (non-optional) and unexpected keys only when ``strict``.
-    """
-    missing = sorted(k for k in expected if k not in given and not k.endswith(_OPTIONAL_SUFFIXES))
-    unexpected = sorted(k for k in given if k not in expected)
-    misshaped = sorted(
-        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
-        for k in given
-        if k in expected and tuple(given[k].shape) != tuple(expected[k].shape)
-    )
-    problems = []
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    if misshaped:
-        problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
-    return problems
 
 
 def load_net_weights(net: nn.Module, source: str | Path | Mapping[str, Tensor], strict: bool = True) -> None:
