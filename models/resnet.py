@@ -188,7 +188,7 @@ class ResNet34Pyramid(nn.Module):
             ``[f0 (B,3,H,W), f1 (B,64,H/2,W/2), f2 (B,64,H/4,W/4), f3 (B,128,H/8,W/8),
             f4 (B,256,H/8,W/8)]`` (f4 is ``H/16, W/16`` without ``change_stride``).
         """
-        _check_image_batch(x)
+        check_image_batch(x, "ResNet34Pyramid")
         f1 = self.relu(self.bn1(self.conv1(x)))
         f2 = self.layer1(self.maxpool(f1))
         f3 = self.layer2(f2)
@@ -196,16 +196,22 @@ class ResNet34Pyramid(nn.Module):
         return [x, f1, f2, f3, f4]
 
 
-def _check_image_batch(x: Tensor) -> None:
-    """Raise ``ValueError`` unless ``x`` is a non-empty floating (B, 3, H, W) tensor."""
+def check_image_batch(x: Tensor, owner: str, multiple: int = 1) -> None:
+    """Raise ValueError unless ``x`` is a non-empty float (B, 3, H, W) with H, W multiples of ``multiple``."""
     if not isinstance(x, Tensor):
-        raise ValueError(f"expected a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
+        raise ValueError(f"{owner}: expected a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected input of shape (B, 3, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"{owner}: expected input of shape (B, 3, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise ValueError(f"expected a floating-point (B, 3, H, W) tensor (see normalize_image), got dtype {x.dtype}")
+        raise ValueError(f"{owner}: expected a float (B, 3, H, W) tensor (see normalize_images), got {x.dtype}")
     if min(x.shape[0], x.shape[2], x.shape[3]) == 0:
-        raise ValueError(f"expected a non-empty (B, 3, H, W) tensor, got {tuple(x.shape)}")
+        raise ValueError(f"{owner}: expected a non-empty (B, 3, H, W) tensor, got {tuple(x.shape)}")
+    h, w = int(x.shape[2]), int(x.shape[3])
+    if h % multiple or w % multiple:
+        raise ValueError(
+            f"{owner}: input H, W must be multiples of {multiple}, got {h}x{w} "
+            f"(pad right/bottom first, e.g. matchmill.models.pump.extract.run_padded)"
+        )
 
 
 def normalize_image(image: np.ndarray) -> Tensor:

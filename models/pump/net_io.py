@@ -17,7 +17,13 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from matchmill.models.resnet import IMAGENET_MEAN, IMAGENET_STD, load_weights_file, state_dict_problems
+from matchmill.models.resnet import (  # noqa: F401 - check_image_batch is part of this module's API
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_image_batch,
+    load_weights_file,
+    state_dict_problems,
+)
 
 __all__ = [
     "check_image_batch",
@@ -52,24 +58,6 @@ def normalize_images(images: Tensor) -> Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def check_image_batch(x: Tensor, owner: str, multiple: int = 1) -> None:
-    """Raise ValueError unless ``x`` is a non-empty float (B, 3, H, W) with H, W multiples of ``multiple``."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{owner}: expected a torch.Tensor of shape (B, 3, H, W), got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"{owner}: expected input of shape (B, 3, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{owner}: expected a float (B, 3, H, W) tensor (see normalize_images), got {x.dtype}")
-    if min(x.shape[0], x.shape[2], x.shape[3]) == 0:
-        raise ValueError(f"{owner}: expected a non-empty (B, 3, H, W) tensor, got {tuple(x.shape)}")
-    h, w = int(x.shape[2]), int(x.shape[3])
-    if h % multiple or w % multiple:
-        raise ValueError(
-            f"{owner}: input H, W must be multiples of {multiple}, got {h}x{w} "
-            f"(pad right/bottom first, e.g. matchmill.models.pump.extract.run_padded)"
-        )
 
 
 def check_descriptors(desc: Tensor, name: str, channels: int | None = None) -> None:
