@@ -33,12 +33,13 @@ def stored_scales(min_scale: float) -> list[float]:
     return scales
 
 
-def dense_maps(feats: dict[str, np.ndarray], who: str) -> list[tuple[float, torch.Tensor]]:
-    """The stored (scale, (C, h, w) float32) dense maps of one image, finest first."""
+def dense_maps(feats: dict[str, np.ndarray], who: str, max_scale: float = 1.0) -> list[tuple[float, torch.Tensor]]:
+    """The stored (scale, (C, h, w) float32) dense maps of one image with scale <= ``max_scale``, finest first."""
     if "dense_scales" not in feats:
         raise ValueError(f"{who}: features have no dense PUMP maps; this method needs extract.method=pump")
     scales = [float(s) for s in np.asarray(feats["dense_scales"]).ravel()]
-    return [(s, torch.from_numpy(feats[f"dense_{k}"].astype(np.float32))) for k, s in enumerate(scales)]
+    return [(s, torch.from_numpy(feats[f"dense_{k}"].astype(np.float32)))
+            for k, s in enumerate(scales) if s <= max_scale * (1 + 1e-6)]
 
 
 class PumpExtractor:
@@ -86,19 +87,24 @@ class PumpExtractor:
         if nh < 4 * m or nw < 4 * m:
             raise ValueError(f"image {w}x{h} is too small for PUMP (needs >= {4 * m}px per side)")
         resized = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        kp_scales = []
+        if self.sift is not None:
+            kp_scales = descriptor_scales(min_scale=float(self.conf["keypoint_min_scale"]), max_scale=1.0)
+        # One net pass per distinct scale: stored scales 2^(-k/2) are also keypoint scales 2^(-k/4).
+        wanted = sorted({round(s, 9) for s in [*self.scales, *kp_scales]}, reverse=True)
+        maps = dict(dense_descriptors(self.net, resized, wanted))
         out: dict[str, np.ndarray] = {}
         dtype = np.float16 if self.conf["fp16"] else np.float32
-        for k, (scale, desc) in enumerate(dense_descriptors(self.net, resized, self.scales)):
-            out[f"dense_{k}"] = desc.numpy().astype(dtype)
+        for k, scale in enumerate(self.scales):
+            out[f"dense_{k}"] = maps[round(scale, 9)].numpy().astype(dtype)
         out["dense_scales"] = np.array(self.scales, np.float64)
         net_scale = np.array([w / nw, h / nh], np.float64)
         out["net_scale"] = net_scale
         if self.sift is not None:
             kp = self.sift(image)  # keypoints in the frame of the image given (the extract stage maps them)
-            kp_scales = descriptor_scales(min_scale=float(self.conf["keypoint_min_scale"]), max_scale=1.0)
-            maps = dense_descriptors(self.net, resized, kp_scales)
+            kp_maps = [(s, maps[round(s, 9)]) for s in kp_scales]
             pts_net = to_network(kp["keypoints"], net_scale)
-            desc = sample_at_keypoints(maps, pts_net, kp["scales"] / net_scale.mean())
+            desc = sample_at_keypoints(kp_maps, pts_net, kp["scales"] / net_scale.mean())
             out.update(keypoints=kp["keypoints"], descriptors=np.asarray(desc, np.float32),
                        scores=kp["scores"], scales=kp["scales"])
         return out
@@ -126,8 +132,9 @@ class PumpPyramidProposer:
         from matchmill.models.pump.multiscale_match import match_multiscale
         from matchmill.models.pump.post_filter import post_filter
 
-        maps0 = from_base_scale(dense_maps(feats0, "image0"), float(self.conf["base_scale"]), "image0")
-        maps1 = from_base_scale(dense_maps(feats1, "image1"), float(self.conf["base_scale"]), "image1")
+        base = float(self.conf["base_scale"])
+        maps0 = from_base_scale(dense_maps(feats0, "image0", base), base, "image0")
+        maps1 = from_base_scale(dense_maps(feats1, "image1", base), base, "image1")
         size0 = (maps0[0][1].shape[-1], maps0[0][1].shape[-2])
         size1 = (maps1[0][1].shape[-1], maps1[0][1].shape[-2])
         budget = int(self.conf["memory_budget_mb"])
@@ -146,11 +153,11 @@ class PumpPyramidProposer:
 
 
 def from_base_scale(maps: list[tuple[float, torch.Tensor]], base: float, who: str) -> list[tuple[float, torch.Tensor]]:
-    """Maps at scale <= ``base``, rescaled so the ``base`` map becomes the scale-1 frame of matching."""
-    kept = [(s / base, m) for s, m in maps if s <= base * (1 + 1e-6)]
+    """Maps at scale <= ``base`` (from :func:`dense_maps`), rescaled so the ``base`` map is the scale-1 frame."""
+    kept = [(s / base, m) for s, m in maps]
     if not kept or abs(kept[0][0] - 1.0) > 1e-6:
-        raise ValueError(f"{who}: no stored dense map at propose.base_scale={base:g} "
-                         f"(stored: {[round(s, 3) for s, _ in maps]}); lower extract.dense_min_scale or change base_scale")
+        raise ValueError(f"{who}: no stored dense map at propose.base_scale={base:g}; "
+                         f"lower extract.dense_min_scale or change base_scale")
     return kept
 
 
