@@ -28,10 +28,9 @@ class SequentialResult:
 
 def build_method(conf: dict, stage: str):
     """The registered method of ``<stage>.method`` with its own config keys (as the stage actors do)."""
-    from matchmill.stages.registry import load_method
+    from matchmill.stages.registry import build_method as build
 
-    cls = load_method(stage, conf[stage]["method"])
-    return cls({k: conf[stage][k] for k in getattr(cls, "default_conf", {})})
+    return build(stage, conf[stage])
 
 
 def run_sequential(conf: dict, pairs: pa.Table, threads: int | None = None) -> SequentialResult:

@@ -73,6 +73,7 @@ __all__ = [
     "sample_proposals",
     "depth_correspondences",
     "make_training_example",
+    "examples_loss",
     "training_step",
     "evaluate_examples",
     "recalibrate_batchnorm",
@@ -451,40 +452,36 @@ def _sampson_stats(phi_in: Tensor, phi_mid: Tensor, phi_fine: Tensor, conf: Mapp
     }
 
 
-def training_step(
-    model: Patch2Pix,
-    optimizer: torch.optim.Optimizer,
+def examples_loss(
+    model: nn.Module,
     examples: Sequence[Mapping[str, Any]],
     conf: Mapping[str, Any] | None = None,
-) -> dict[str, float]:
-    """One optimiser step on a batch of image pairs (spec section 4).
+) -> tuple[Tensor, dict[str, float]]:
+    """Forward every valid example and return the batch loss (spec section 4), without stepping.
 
     Per valid example: anchors = :func:`expand_anchors` of its proposals when ``panc == 8``
-    (8 * ptmax rows, shift ``pshift``), else the proposals; ``model`` forward in train mode;
-    :func:`patch2pix_loss` against the example's F. Then :func:`batch_loss`
-    (``weight_cls * mean_pairs(cls) + mean_pairs(geo)``), ``backward`` and ``optimizer.step()``.
-    No step is taken when no pair contributes (e.g. no positives anywhere).
+    (8 * ptmax rows, shift ``pshift``), else the proposals; ``model`` forward (its mode is left
+    as the caller set it); :func:`patch2pix_loss` against the example's F; then
+    :func:`batch_loss` (``weight_cls * mean_pairs(cls) + mean_pairs(geo)``).
 
     Args:
-        model: Patch2Pix regressors (put in train mode here).
-        optimizer: over ``model``'s parameters.
+        model: :class:`Patch2Pix` regressors, or a wrapper whose ``module`` is one (e.g. DDP);
+            ``model.conf`` is read from the unwrapped module.
         examples: outputs of :func:`make_training_example`; invalid ones are skipped.
-        conf: overrides of ``model.conf`` for the loss and expansion (thresholds, weights, panc,
-            pshift); default ``model.conf``.
+        conf: overrides of ``model.conf`` for the loss and expansion.
 
     Returns:
-        floats: ``loss``, ``cls``, ``geo`` (batch values), ``n_cls``, ``n_geo`` (pairs in each
-        mean), ``n_pairs`` (pairs forwarded), ``n_anchors``, ``n_pos_mid``, ``n_pos_fine``,
-        ``stepped`` (1.0 / 0.0), ``seconds``, and the Sampson medians of
-        :func:`_sampson_stats` over all anchors (``sampson_in`` / ``_mid`` / ``_fine`` in px^2,
-        ``frac_fine_ok``, ``n_near``).
+        ``loss``: scalar tensor; when no pair contributes it is ``0 * sum(parameters)`` so that a
+        backward still reaches every parameter (data-parallel workers stay in step) and changes
+        nothing. ``stats``: floats ``cls``, ``geo``, ``n_cls``, ``n_geo``, ``n_pairs``,
+        ``n_anchors``, ``n_pos_mid``, ``n_pos_fine``, ``contributes`` (1.0 / 0.0) and the Sampson
+        medians of :func:`_sampson_stats`.
     """
     if not examples:
-        raise ValueError("training_step needs at least one example")
-    c = merge_conf({**model.conf, **dict(conf or {})})
-    start = time.perf_counter()
-    model.train()
-    device = next(model.parameters()).device
+        raise ValueError("examples_loss needs at least one example")
+    inner = getattr(model, "module", model)
+    c = merge_conf({**inner.conf, **dict(conf or {})})
+    device = next(inner.parameters()).device
     results, phis = [], []
     n_anchors = 0
     for i, ex in enumerate(examples):
@@ -503,33 +500,63 @@ def training_step(
             phis.append([sampson_distance_sq_torch(F, m[:, :2], m[:, 2:])
                          for m in (anchors, pred["mid"], pred["fine"])])
         n_anchors += int(anchors.shape[0])
-
-    optimizer.zero_grad(set_to_none=True)
+    zero = sum(p.sum() for p in inner.parameters()) * 0.0
     if not results:
-        out = {"loss": float("nan"), "cls": float("nan"), "geo": float("nan"), "n_cls": 0.0, "n_geo": 0.0}
-        stepped = False
-        stats = _sampson_stats(*(torch.zeros(0) for _ in range(3)), c)
+        stats = {"cls": float("nan"), "geo": float("nan"), "n_cls": 0.0, "n_geo": 0.0}
+        stats.update(_sampson_stats(*(torch.zeros(0) for _ in range(3)), c))
         n_pos_mid = n_pos_fine = 0
+        loss, contributes = zero, False
     else:
         batch = batch_loss(results, c)
-        stepped = bool(batch["n_cls"] + batch["n_geo"] > 0 and batch["loss"].requires_grad)
-        if stepped:
-            batch["loss"].backward()
-            optimizer.step()
-        out = {k: float(batch[k].detach()) if isinstance(batch[k], Tensor) else float(batch[k])
-               for k in ("loss", "cls", "geo", "n_cls", "n_geo")}
-        stats = _sampson_stats(*(torch.cat([p[j] for p in phis]) for j in range(3)), c)
+        contributes = bool(batch["n_cls"] + batch["n_geo"] > 0 and isinstance(batch["loss"], Tensor)
+                           and batch["loss"].requires_grad)
+        loss = batch["loss"] + zero if contributes else zero
+        stats = {k: float(batch[k].detach()) if isinstance(batch[k], Tensor) else float(batch[k])
+                 for k in ("cls", "geo", "n_cls", "n_geo")}
+        stats.update(_sampson_stats(*(torch.cat([p[j] for p in phis]) for j in range(3)), c))
         n_pos_mid = sum(r["n_pos_mid"] for r in results)
         n_pos_fine = sum(r["n_pos_fine"] for r in results)
-    out.update(
-        n_pairs=float(len(results)),
-        n_anchors=float(n_anchors),
-        n_pos_mid=float(n_pos_mid),
-        n_pos_fine=float(n_pos_fine),
-        stepped=1.0 if stepped else 0.0,
-        seconds=time.perf_counter() - start,
-        **stats,
-    )
+    stats.update(n_pairs=float(len(results)), n_anchors=float(n_anchors), n_pos_mid=float(n_pos_mid),
+                 n_pos_fine=float(n_pos_fine), contributes=1.0 if contributes else 0.0)
+    return loss, stats
+
+
+def training_step(
+    model: Patch2Pix,
+    optimizer: torch.optim.Optimizer,
+    examples: Sequence[Mapping[str, Any]],
+    conf: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """One optimiser step on a batch of image pairs (spec section 4): :func:`examples_loss` in
+    train mode, ``backward`` and ``optimizer.step()``. No step is taken when no pair contributes
+    (e.g. no positives anywhere).
+
+    Args:
+        model: Patch2Pix regressors (put in train mode here).
+        optimizer: over ``model``'s parameters.
+        examples: outputs of :func:`make_training_example`; invalid ones are skipped.
+        conf: overrides of ``model.conf`` for the loss and expansion (thresholds, weights, panc,
+            pshift); default ``model.conf``.
+
+    Returns:
+        floats: ``loss``, ``cls``, ``geo`` (batch values), ``n_cls``, ``n_geo`` (pairs in each
+        mean), ``n_pairs`` (pairs forwarded), ``n_anchors``, ``n_pos_mid``, ``n_pos_fine``,
+        ``stepped`` (1.0 / 0.0), ``seconds``, and the Sampson medians of
+        :func:`_sampson_stats` over all anchors (``sampson_in`` / ``_mid`` / ``_fine`` in px^2,
+        ``frac_fine_ok``, ``n_near``).
+    """
+    start = time.perf_counter()
+    model.train()
+    loss, stats = examples_loss(model, examples, conf)
+    optimizer.zero_grad(set_to_none=True)
+    stepped = bool(stats.pop("contributes"))
+    if stepped:
+        loss.backward()
+        optimizer.step()
+    out = {"loss": float(loss.detach()) if stepped or stats["n_pairs"] else float("nan"), **stats}
+    if not stats["n_pairs"]:
+        out["loss"] = float("nan")
+    out.update(stepped=1.0 if stepped else 0.0, seconds=time.perf_counter() - start)
     return out
 
 

@@ -20,9 +20,9 @@ Pyramid returned by :meth:`ResNet34Pyramid.forward` (index: content, channels, c
 
 Patch2Pix correlates f4 (NCNet proposals) and gathers local windows from f0..f3 (regressors).
 
-Weights: :func:`load_weights_file` reads a ``.pth`` (``weights_only=True``) or ``.safetensors`` file and
-:func:`load_torchvision_state_dict` loads a torchvision ``resnet34`` state dict (``layer4.*``/``fc.*``
-ignored). No weights are downloaded by this module.
+Weights: :func:`load_torchvision_state_dict` loads a torchvision ``resnet34`` state dict (``layer4.*``/``fc.*``
+ignored) through :func:`matchmill.models.weights.load_weights`; :func:`load_weights_file` is the kept
+name of :func:`matchmill.models.weights.read_state_dict`. No weights are downloaded by this module.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .conf import merge_model_conf
+from .weights import OPTIONAL_SUFFIXES, load_weights, read_state_dict, state_dict_problems  # noqa: F401 - re-exported
 
 __all__ = [
     "DEFAULT_CONF",
@@ -60,8 +61,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # keys of a torchvision resnet34 state dict that this truncated network does not have
 _IGNORED_PREFIXES = ("layer4.", "fc.")
-# BatchNorm counters: absent from old checkpoints (e.g. resnet34-333f7ec4.pth), never required
-_OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -150,7 +149,8 @@ class ResNet34Pyramid(nn.Module):
         self._init_weights()
 
         if self.conf["weights"] is not None:
-            load_torchvision_state_dict(self, load_weights_file(self.conf["weights"]), strict=bool(self.conf["strict"]))
+            weights = self.conf["weights"]
+            load_torchvision_state_dict(self, read_state_dict(weights), strict=bool(self.conf["strict"]), where=str(weights))
         if self.conf["frozen"]:
             self.requires_grad_(False)
             self.eval()
@@ -236,88 +236,20 @@ def normalize_image(image: np.ndarray) -> Tensor:
 
 
 def load_weights_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a state dict without executing pickled code.
-
-    ``.safetensors`` files go through :func:`safetensors.torch.load_file`; anything else through
-    ``torch.load(..., map_location="cpu", weights_only=True)``. A checkpoint dict holding the weights
-    under ``"state_dict"`` or ``"model"`` is unwrapped.
-
-    Args:
-        path: file path, or an fsspec URL (``s3://...``, ``gs://...``) read through a temporary copy.
+    """Read a state dict weights-only: kept name of :func:`matchmill.models.weights.read_state_dict`.
 
     Returns:
-        ``{name: tensor}`` on CPU.
+        ``{name: tensor}`` on CPU (a checkpoint's ``"state_dict"`` / ``"model"`` entry unwrapped).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be read weights-only or holds no tensor dict (message names the file).
+        ValueError: pickled objects / code (refused), unreadable, or no tensor dict (message names the file).
     """
-    if "://" in str(path):  # fsspec URL (s3://, gs://, file://, ...), e.g. a checkpoint on object storage
-        return _load_weights_url(str(path))
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot load weights from {path} (weights-only loading): {exc}") from exc
-    if isinstance(obj, Mapping) and not all(isinstance(v, Tensor) for v in obj.values()):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors (got {type(obj).__name__})")
-    return dict(obj)
-
-
-def _load_weights_url(url: str) -> dict[str, Tensor]:
-    """:func:`load_weights_file` for an fsspec URL: the file is fetched to a temporary local copy first."""
-    import tempfile
-
-    import fsspec
-
-    fs, remote = fsspec.core.url_to_fs(url)
-    if not fs.isfile(remote):
-        raise FileNotFoundError(f"weights file not found: {url}")
-    with tempfile.TemporaryDirectory(prefix="matchmill-weights-") as tmp:
-        local = Path(tmp) / Path(remote).name
-        fs.get_file(remote, str(local))
-        try:
-            return load_weights_file(local)
-        except ValueError as exc:
-            raise ValueError(str(exc).replace(str(local), url)) from exc
-
-
-def state_dict_problems(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], strict: bool) -> list[str]:
-    """Human-readable list of what keeps ``given`` from loading into a module whose state dict is ``expected``.
-
-    Mis-shaped keys are always problems; missing (non-optional) and unexpected keys only when ``strict``.
-    """
-    missing = sorted(k for k in expected if k not in given and not k.endswith(_OPTIONAL_SUFFIXES))
-    unexpected = sorted(k for k in given if k not in expected)
-    misshaped = sorted(
-        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
-        for k in given
-        if k in expected and tuple(given[k].shape) != tuple(expected[k].shape)
-    )
-    problems = []
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    if misshaped:
-        problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
-    return problems
+    return read_state_dict(path)
 
 
 def load_torchvision_state_dict(
-    model: ResNet34Pyramid, state_dict: Mapping[str, Tensor], strict: bool = True
+    model: ResNet34Pyramid, state_dict: Mapping[str, Tensor], strict: bool = True, where: str | None = None
 ) -> dict[str, list[str]]:
     """Load a torchvision ``resnet34`` state dict into the truncated network.
 
@@ -330,6 +262,7 @@ def load_torchvision_state_dict(
             ``layer1.0.conv1.weight``, ``layer3.0.downsample.0.weight``.
         strict: if True, missing and unexpected keys are errors; if False they are reported and
             the matching keys are loaded. Mis-shaped keys are always an error.
+        where: the source's name in error messages (e.g. the file it was read from).
 
     Returns:
         ``{"missing": [...], "unexpected": [...], "ignored": [...]}`` key lists.
@@ -341,14 +274,7 @@ def load_torchvision_state_dict(
     expected = model.state_dict()
     ignored = sorted(k for k in state_dict if k.startswith(_IGNORED_PREFIXES))
     given = {k: v for k, v in state_dict.items() if not k.startswith(_IGNORED_PREFIXES)}
-    missing = sorted(k for k in expected if k not in given and not k.endswith(_OPTIONAL_SUFFIXES))
+    missing = sorted(k for k in expected if k not in given and not k.endswith(OPTIONAL_SUFFIXES))
     unexpected = sorted(k for k in given if k not in expected)
-    problems = state_dict_problems(expected, given, strict)
-    if problems:
-        raise ValueError("cannot load ResNet34 state dict: " + " | ".join(problems))
-    merged = dict(expected)
-    for k, v in given.items():
-        if k in expected:
-            merged[k] = v.detach().to(dtype=expected[k].dtype, device=expected[k].device)
-    model.load_state_dict(merged, strict=True)
+    load_weights(model, given, strict=strict, where=where)
     return {"missing": missing, "unexpected": unexpected, "ignored": ignored}

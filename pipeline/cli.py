@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "matchmill.viz.cli",
     "matchmill.bench.report_cli",
     "matchmill.bench.cli",
+    "matchmill.training.cli",
 )
 
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")
     run.add_argument("--until", default=None, help="stop after this stage commits (e.g. extract)")
 
-    status = sub.add_parser("status", help="stages of a run: committed or not, rows, failures, metrics")
+    status = sub.add_parser("status", help="stages of a run (committed or not, rows, failures, metrics) or a training run (step, validation, checkpoints)")
     status.add_argument("run_url")
 
     show = sub.add_parser("show", help="first rows of a stage's manifest")

@@ -239,6 +239,12 @@ def _check_values(conf: dict) -> None:
         raise ConfigError("data.pairs_file: required for data.source=pairs_file")
     if conf["verify"]["geometry"] not in ("auto", "homography", "fundamental"):
         raise ConfigError(f"verify.geometry: {conf['verify']['geometry']!r} is not auto|homography|fundamental")
+    for section in STAGE_SECTIONS_WITH_METHOD:
+        if "amp" in conf[section]:
+            from matchmill.models.device import AMP_CHOICES
+
+            if conf[section]["amp"] not in AMP_CHOICES:
+                raise ConfigError(f"{section}.amp: {conf[section]['amp']!r} is not one of {'|'.join(AMP_CHOICES)}")
     for section in ("extract", "propose", "refine", "verify"):
         sec = conf[section]
         if sec["actors"] < 1:

@@ -13,6 +13,10 @@ from .graph import STAGES, get_stage
 def run_status(run_url: str) -> str:
     if not exists(run_url):
         raise StorageError(f"run {run_url!r} does not exist")
+    from matchmill.training.status import is_training_run, training_status
+
+    if is_training_run(run_url):
+        return training_status(run_url)
     lines = [f"run: {run_url}", f"{'stage':<9} {'state':<11} {'rows':>7} {'failed':>7} {'time':>8}  hash"]
     for spec in STAGES:
         commit = read_commit(run_url, spec.name)

@@ -11,7 +11,7 @@ from matchmill.datasets.image_io import load_image, resize_max, to_original
 from matchmill.manifests.artifacts import artifact_url, write_artifact
 from matchmill.manifests.schemas import FEATURES
 
-from .registry import load_method
+from .registry import build_method
 from .rows import process_rows
 from .threads import limit_threads
 
@@ -27,9 +27,8 @@ class ExtractActor:
 
     def __init__(self, conf: dict, run_url: str, config_hash: str, max_image_pixels: int):
         limit_threads(conf.get("num_cpus", 1))
-        cls = load_method("extract", conf["method"])
         self.method_name = conf["method"]
-        self.extractor = cls({k: conf[k] for k in getattr(cls, "default_conf", {})})
+        self.extractor = build_method("extract", conf)
         self.resize_max = conf.get("resize_max")
         self.run_url = run_url
         self.config_hash = config_hash

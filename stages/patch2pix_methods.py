@@ -5,8 +5,14 @@ floors both sides to a multiple of 16 (1/8 features, 4D pooling by 2). The artif
 (sx, sy) maps that network frame to the original image with the pixel-centre convention
 ``x_orig = (x_net + 0.5) * s - 0.5``; proposals and refined matches are stored in original pixels.
 
-Weights: ``weights`` keys point to local files (no downloads). Without them, nets start from a
-seeded random initialisation, which runs the whole chain but does not give good matches.
+Weights: ``weights`` keys point to files or fsspec URLs (no downloads), loaded strictly through
+:func:`matchmill.models.weights.load_weights` (a file of the wrong net fails naming the keys).
+Without them, nets start from a seeded random initialisation, which runs the whole chain but does
+not give good matches.
+
+Devices: each method puts its net on :func:`matchmill.stages.devices.method_device` (the GPU Ray
+gave the actor, or the CPU; ``num_gpus > 0`` without a visible GPU fails in ``__init__``), runs it
+under ``amp`` autocast, and returns CPU numpy arrays.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ import numpy as np
 import torch
 
 from matchmill.datasets.image_io import to_original
+from matchmill.models.device import autocast, check_amp
+from matchmill.models.weights import load_weights
+
+from .devices import method_device, to_numpy
 
 _LEVELS = ("f0", "f1", "f2", "f3", "f4")
 
@@ -29,21 +39,14 @@ def to_network(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return out
 
 
-def _seeded(seed: int):
+def _seeded(seed: int) -> None:
     torch.manual_seed(int(seed))
 
 
-def _load_state(module: torch.nn.Module, path: str | None, prefix: str = "") -> None:
-    if not path:
-        return
-    from matchmill.models.resnet import load_weights_file
-
-    state = load_weights_file(path)  # weights-only, errors name the file
-    if prefix:
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+def load_state(module: torch.nn.Module, path: str | None, prefix: str = "") -> None:
+    """Strictly load the weights file ``path`` (keys under ``prefix``) into ``module``; no-op for ``None``."""
+    if path:
+        load_weights(module, path, strict=True, prefix=prefix)
 
 
 class ResNet34Extractor:
@@ -54,14 +57,18 @@ class ResNet34Extractor:
         "init_seed": 0,  # seed of the random initialisation when no weights are given
         "multiple": 16,  # floor both image sides to a multiple of this (1/8 features, 4D pooling by 2)
         "fp16": True,  # store the pyramid as float16 (halves artifact size)
+        "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
+    uses_device = True
 
     def __init__(self, conf: dict):
         from matchmill.models.resnet import DEFAULT_CONF, ResNet34Pyramid
 
         self.conf = {**self.default_conf, **conf}
+        check_amp(self.conf["amp"])
+        self.device = method_device(self.conf, "extract")
         _seeded(self.conf["init_seed"])
-        self.net = ResNet34Pyramid({**DEFAULT_CONF, "weights": self.conf["weights"]}).eval()
+        self.net = ResNet34Pyramid({**DEFAULT_CONF, "weights": self.conf["weights"]}).eval().to(self.device)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -76,18 +83,20 @@ class ResNet34Extractor:
         if nh < 2 * m or nw < 2 * m:
             raise ValueError(f"image {w}x{h} is too small for the ResNet34 pyramid (needs >= {2 * m}px per side)")
         resized = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-        feats = self.net(normalize_image(resized))
+        with autocast(self.device, self.conf["amp"]):
+            feats = self.net(normalize_image(resized).to(self.device))
         dtype = np.float16 if self.conf["fp16"] else np.float32
-        out = {name: f[0].numpy().astype(dtype) for name, f in zip(_LEVELS, feats)}
+        out = {name: to_numpy(f[0]).astype(dtype) for name, f in zip(_LEVELS, feats)}
         out["net_scale"] = np.array([w / nw, h / nh], np.float64)
         return out
 
 
-def _pyramid(feats: dict[str, np.ndarray], names=_LEVELS) -> list[torch.Tensor]:
+def _pyramid(feats: dict[str, np.ndarray], names=_LEVELS, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """The stored maps ``names`` of one image as (1, C, h, w) float32 tensors on ``device``."""
     missing = [n for n in names if n not in feats]
     if missing:
         raise ValueError(f"features lack {missing}: this method needs extract.method=resnet34")
-    return [torch.from_numpy(feats[n].astype(np.float32))[None] for n in names]
+    return [torch.from_numpy(feats[n].astype(np.float32))[None].to(device) for n in names]
 
 
 class NCNetProposer:
@@ -98,22 +107,29 @@ class NCNetProposer:
         "init_seed": 0,  # seed of the random initialisation when no weights are given
         "nc_threshold": 0.0,  # keep proposals with NC score above this (Patch2Pix 0.0, NCNet baseline 0.9)
         "max_proposals": 0,  # keep the top-N by score; 0 = all
+        "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
+    uses_device = True
 
     def __init__(self, conf: dict):
         from matchmill.models.ncnet import DEFAULT_CONF, NCNet
 
         self.conf = {**self.default_conf, **conf}
+        check_amp(self.conf["amp"])
+        self.device = method_device(self.conf, "propose")
         _seeded(self.conf["init_seed"])
         self.net = NCNet({**DEFAULT_CONF, "threshold": float(self.conf["nc_threshold"])}).eval()
-        _load_state(self.net, self.conf["weights"])
+        load_state(self.net, self.conf["weights"])
+        self.net.to(self.device)
 
     @torch.no_grad()
     def __call__(self, feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        (f4a,), (f4b,) = _pyramid(feats0, ("f4",)), _pyramid(feats1, ("f4",))
-        out = self.net(f4a, f4b)
-        matches, scores = self.net.extract_matches(out)
-        matches, scores = matches.numpy(), scores.numpy()
+        """f4 (256, h, w) maps of both images -> (N, 4) original-pixel proposals and (N,) NC scores."""
+        (f4a,), (f4b,) = _pyramid(feats0, ("f4",), self.device), _pyramid(feats1, ("f4",), self.device)
+        with autocast(self.device, self.conf["amp"]):
+            out = self.net(f4a, f4b)
+            matches, scores = self.net.extract_matches(out)
+        matches, scores = to_numpy(matches), to_numpy(scores)
         if self.conf["max_proposals"] and len(scores) > self.conf["max_proposals"]:
             keep = np.argsort(-scores, kind="stable")[: self.conf["max_proposals"]]
             matches, scores = matches[keep], scores[keep]
@@ -131,27 +147,33 @@ class Patch2PixRefiner:
         "init_seed": 0,  # seed of the random initialisation when no weights are given
         "confidence": 0.25,  # fine confidence a match must exceed (paper: 0.25 default; 0.5 and 0.9 as options)
         "cpu_sized": True,  # width-128 regressors (CPU budget); False = the paper's width 512
+        "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
     needs_features = True
+    uses_device = True
 
     def __init__(self, conf: dict):
         from matchmill.models.patch2pix import DEFAULT_CONF, Patch2Pix, cpu_sized
 
         self.conf = {**self.default_conf, **conf}
+        check_amp(self.conf["amp"])
+        self.device = method_device(self.conf, "refine")
         _seeded(self.conf["init_seed"])
         net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
         self.net = Patch2Pix({**net_conf, "match_threshold": float(self.conf["confidence"])}).eval()
-        _load_state(self.net, self.conf["weights"])
+        load_state(self.net, self.conf["weights"])
+        self.net.to(self.device)
 
     def __call__(self, matches: np.ndarray, scores: np.ndarray, feats0=None, feats1=None, row=None):
         """(N, 4) original-pixel proposals -> (M, 4) refined matches and (M,) fine confidences."""
         if len(matches) == 0:
             return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
-        pa, pb = _pyramid(feats0, _LEVELS[:4]), _pyramid(feats1, _LEVELS[:4])
+        pa, pb = _pyramid(feats0, _LEVELS[:4], self.device), _pyramid(feats1, _LEVELS[:4], self.device)
         net = np.concatenate([to_network(matches[:, :2], feats0["scale"]), to_network(matches[:, 2:], feats1["scale"])], 1)
         size_a = (pa[0].shape[-1], pa[0].shape[-2])
         size_b = (pb[0].shape[-1], pb[0].shape[-2])
-        fine, conf = self.net.predict(pa, pb, torch.from_numpy(net), size_a, size_b)
-        fine = fine.numpy()
+        with torch.no_grad(), autocast(self.device, self.conf["amp"]):
+            fine, conf = self.net.predict(pa, pb, torch.from_numpy(net).to(self.device), size_a, size_b)
+        fine = to_numpy(fine)
         out = np.concatenate([to_original(fine[:, :2], feats0["scale"]), to_original(fine[:, 2:], feats1["scale"])], 1)
-        return out.astype(np.float32).reshape(-1, 4), conf.numpy().astype(np.float32)
+        return out.astype(np.float32).reshape(-1, 4), to_numpy(conf).astype(np.float32)

@@ -10,7 +10,7 @@ import pyarrow as pa
 from matchmill.manifests.schemas import PROPOSALS
 
 from .feature_store import FeatureStore
-from .registry import load_method
+from .registry import build_method
 from .rows import process_rows
 from .threads import limit_threads
 
@@ -28,8 +28,7 @@ class ProposeActor:
 
     def __init__(self, conf: dict, run_url: str):
         limit_threads(conf.get("num_cpus", 1))
-        cls = load_method("propose", conf["method"])
-        self.proposer = cls({k: conf[k] for k in getattr(cls, "default_conf", {})})
+        self.proposer = build_method("propose", conf)
         self.features = FeatureStore(run_url)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

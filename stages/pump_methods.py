@@ -7,6 +7,11 @@ with ``dense_scales``), so the propose stage can run the multi-scale wrapper wit
 Keypoint descriptors (``extract.keypoints: sift``) are sampled from the maps at scales 2^(-k/4)
 down to ``keypoint_min_scale`` (PUMP spec 3.1), the scale chosen per keypoint from its SIFT size.
 
+Devices: :class:`PumpExtractor` runs its net on :func:`matchmill.stages.devices.method_device`
+under ``amp`` autocast and stores CPU numpy maps. :class:`PumpPyramidProposer` has no net: it checks
+``propose.num_gpus`` the same way (fails fast without a GPU) but matches on the CPU, because the
+dense pyramid matcher (``models/pump/pyramid_infer.py``, ``dense_match.py``) allocates CPU tensors.
+
 Artifact size per image: 128 * H * W * 2 bytes (fp16) times sum(s^2) over the stored scales
 (1.75 for scales 1, 0.707, 0.5): about 34 MB at 320x240.
 """
@@ -18,8 +23,10 @@ import numpy as np
 import torch
 
 from matchmill.datasets.image_io import to_original
+from matchmill.models.device import autocast, check_amp
 
-from .patch2pix_methods import _load_state, _seeded, to_network
+from .devices import method_device, to_numpy
+from .patch2pix_methods import _seeded, load_state, to_network
 
 
 def stored_scales(min_scale: float) -> list[float]:
@@ -54,7 +61,9 @@ class PumpExtractor:
         "max_keypoints": 2048,  # keypoints kept (strongest SIFT responses)
         "keypoint_min_scale": 0.3,  # descriptor scales 2^(-k/4) down to this for keypoint sampling (spec 3.1)
         "fp16": True,  # store dense maps as float16 (halves artifact size)
+        "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
+    uses_device = True
 
     def __init__(self, conf: dict):
         from matchmill.models.pump.convmixer import DEFAULT_CONF, PumpConvMixer, cpu_sized
@@ -62,11 +71,14 @@ class PumpExtractor:
         self.conf = {**self.default_conf, **conf}
         if self.conf["keypoints"] not in ("none", "sift"):
             raise ValueError(f"extract.keypoints must be 'none' or 'sift', got {self.conf['keypoints']!r}")
+        check_amp(self.conf["amp"])
         self.scales = stored_scales(self.conf["dense_min_scale"])
+        self.device = method_device(self.conf, "extract")
         _seeded(self.conf["init_seed"])
         net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
         self.net = PumpConvMixer(net_conf).eval()
-        _load_state(self.net, self.conf["weights"])
+        load_state(self.net, self.conf["weights"])
+        self.net.to(self.device)
         self.sift = None
         if self.conf["keypoints"] == "sift":
             from matchmill.classical.sift import SiftExtractor
@@ -92,11 +104,12 @@ class PumpExtractor:
             kp_scales = descriptor_scales(min_scale=float(self.conf["keypoint_min_scale"]), max_scale=1.0)
         # One net pass per distinct scale: stored scales 2^(-k/2) are also keypoint scales 2^(-k/4).
         wanted = sorted({round(s, 9) for s in [*self.scales, *kp_scales]}, reverse=True)
-        maps = dict(dense_descriptors(self.net, resized, wanted))
+        with autocast(self.device, self.conf["amp"]):
+            maps = dict(dense_descriptors(self.net, resized, wanted))  # on self.device; inputs moved there
         out: dict[str, np.ndarray] = {}
         dtype = np.float16 if self.conf["fp16"] else np.float32
         for k, scale in enumerate(self.scales):
-            out[f"dense_{k}"] = maps[round(scale, 9)].numpy().astype(dtype)
+            out[f"dense_{k}"] = to_numpy(maps[round(scale, 9)]).astype(dtype)
         out["dense_scales"] = np.array(self.scales, np.float64)
         net_scale = np.array([w / nw, h / nh], np.float64)
         out["net_scale"] = net_scale
@@ -121,11 +134,14 @@ class PumpPyramidProposer:
         "min_cc_size": 50,  # post-filter: drop components with at most this many matches
         "max_proposals": 0,  # keep the top-N by score; 0 = all
     }
+    uses_device = True
 
     def __init__(self, conf: dict):
         self.conf = {**self.default_conf, **conf}
         if float(self.conf["max_scale"]) < 1:
             raise ValueError(f"propose.max_scale must be >= 1, got {self.conf['max_scale']}")
+        method_device(self.conf, "propose")  # fail fast on num_gpus > 0 without a GPU; matching runs on CPU
+        self.device = torch.device("cpu")
 
     @torch.no_grad()
     def __call__(self, feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

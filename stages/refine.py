@@ -11,7 +11,7 @@ from matchmill.manifests.schemas import MATCHES
 
 from .feature_store import FeatureStore
 from .propose import check_matches
-from .registry import load_method
+from .registry import build_method
 from .rows import process_rows
 from .threads import limit_threads
 
@@ -21,9 +21,8 @@ STAGE_DEFAULTS = {"method": "identity"}  # registered refiner (see stages/regist
 class RefineActor:
     def __init__(self, conf: dict, run_url: str):
         limit_threads(conf.get("num_cpus", 1))
-        cls = load_method("refine", conf["method"])
-        self.refiner = cls({k: conf[k] for k in getattr(cls, "default_conf", {})})
-        self.features = FeatureStore(run_url) if getattr(cls, "needs_features", False) else None
+        self.refiner = build_method("refine", conf)
+        self.features = FeatureStore(run_url) if getattr(self.refiner, "needs_features", False) else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return process_rows(batch, self.refine_one, MATCHES, stage="refine", key="pair_id")

@@ -2,7 +2,8 @@
 
 Entries are ``"module:Class"`` strings, imported only when used, so that a CPU-only SIFT run never
 imports a net. Each class has a ``default_conf`` dict (one comment per key, next to its code);
-its keys become valid keys of the stage's config section.
+its keys become valid keys of the stage's config section. :func:`build_method` builds one the way
+the stage actors do.
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ def load_method(stage: str, name: str) -> type:
         raise KeyError(f"{stage}.method: unknown method {name!r}; known: {sorted(registry)}")
     module_name, class_name = registry[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_method(stage: str, conf: dict) -> object:
+    """The method of ``conf["method"]`` built from its ``default_conf`` keys of the stage section ``conf``.
+
+    A class with ``uses_device = True`` also gets the section's ``num_gpus`` (an execution key, not
+    part of the config hash) to choose its device (see :mod:`matchmill.stages.devices`).
+    """
+    cls = load_method(stage, conf["method"])
+    method_conf = {k: conf[k] for k in getattr(cls, "default_conf", {})}
+    if getattr(cls, "uses_device", False):
+        method_conf["num_gpus"] = conf.get("num_gpus", 0)
+    return cls(method_conf)
 
 
 def method_defaults(stage: str, name: str) -> dict:

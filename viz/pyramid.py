@@ -17,11 +17,11 @@ def pump_net(weights: str | None = None, cpu_sized: bool = True, seed: int = 0) 
     """The ConvMixer used by ``extract.method=pump`` (seeded random init unless weights are given)."""
     from matchmill.models.pump.convmixer import DEFAULT_CONF, PumpConvMixer
     from matchmill.models.pump.convmixer import cpu_sized as cpu_conf
-    from matchmill.stages.patch2pix_methods import _load_state
+    from matchmill.stages.patch2pix_methods import load_state
 
     torch.manual_seed(int(seed))
     net = PumpConvMixer(cpu_conf(DEFAULT_CONF) if cpu_sized else dict(DEFAULT_CONF)).eval()
-    _load_state(net, weights)
+    load_state(net, weights)
     return net
 
 

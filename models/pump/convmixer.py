@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from matchmill.models.conf import merge_model_conf
+from matchmill.models.weights import load_weights
 
-from .net_io import check_image_batch, load_net_weights
+from .net_io import check_image_batch
 
 __all__ = ["DEFAULT_CONF", "PumpConvMixer", "cpu_sized", "merge_conf"]
 
@@ -143,7 +144,7 @@ class PumpConvMixer(nn.Module):
         if c["channels_last"]:
             self.to(memory_format=torch.channels_last)
         if c["weights"] is not None:
-            load_net_weights(self, c["weights"], strict=bool(c["strict"]))
+            load_weights(self, c["weights"], strict=bool(c["strict"]))
 
     @property
     def multiple(self) -> int:

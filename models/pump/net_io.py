@@ -4,9 +4,8 @@ Input convention (both backbones, spec ``pump.md`` §1.1): RGB scaled to [0, 1],
 mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225) per channel. :func:`normalize_images`
 does it for a uint8 batch; :func:`matchmill.models.resnet.normalize_image` for one numpy image.
 
-Weights are loaded weights-only (no pickled code) through
-:func:`matchmill.models.resnet.load_weights_file` and checked key by key before anything is
-copied, so a wrong file fails with the names of the missing, unexpected and mis-shaped keys.
+Weights are loaded by :func:`matchmill.models.weights.load_weights` (weights-only, no pickled code,
+every key checked before anything is copied); :func:`load_net_weights` is its kept name here.
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ from matchmill.models.resnet import (  # noqa: F401 - check_image_batch is part 
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_image_batch,
-    load_weights_file,
-    state_dict_problems,
 )
+from matchmill.models.weights import load_weights, state_dict_problems  # noqa: F401 - re-exported
 
 __all__ = [
     "check_image_batch",
@@ -33,8 +31,6 @@ __all__ = [
     "save_net_weights",
     "state_dict_problems",
 ]
-
-# BatchNorm counters: not required in a weights file (an old or converted file may lack them)
 
 
 def normalize_images(images: Tensor) -> Tensor:
@@ -72,28 +68,13 @@ def check_descriptors(desc: Tensor, name: str, channels: int | None = None) -> N
 def load_net_weights(net: nn.Module, source: str | Path | Mapping[str, Tensor], strict: bool = True) -> None:
     """Fill ``net`` (in place) from a weights file or a state dict; nothing is copied on error.
 
-    Args:
-        net: the module to fill.
-        source: ``.pth`` / ``.pt`` (read with ``weights_only=True``) or ``.safetensors`` path, or a
-            ``{name: tensor}`` mapping. A checkpoint dict with the weights under ``"state_dict"`` or
-            ``"model"`` is unwrapped (see :func:`matchmill.models.resnet.load_weights_file`).
-        strict: fail on missing or unexpected keys (mis-shaped keys always fail).
+    Kept name of :func:`matchmill.models.weights.load_weights` (see there for the arguments).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unreadable file, or a message naming every missing / unexpected / mis-shaped key.
+        ValueError: refused / unreadable file, or a message naming every missing / unexpected / mis-shaped key.
     """
-    where = str(source) if isinstance(source, (str, Path)) else "state dict"
-    given = load_weights_file(source) if isinstance(source, (str, Path)) else dict(source)
-    expected = net.state_dict()
-    problems = state_dict_problems(expected, given, strict)
-    if problems:
-        raise ValueError(f"cannot load {type(net).__name__} weights from {where}: " + " | ".join(problems))
-    merged = dict(expected)
-    for k, v in given.items():
-        if k in expected:
-            merged[k] = v.detach().to(dtype=expected[k].dtype, device=expected[k].device)
-    net.load_state_dict(merged, strict=True)
+    load_weights(net, source, strict=strict)
 
 
 def save_net_weights(net: nn.Module, path: str | Path) -> Path:

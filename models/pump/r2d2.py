@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from matchmill.models.conf import merge_model_conf
+from matchmill.models.weights import load_weights
 
-from .net_io import check_image_batch, load_net_weights
+from .net_io import check_image_batch
 
 __all__ = ["DEFAULT_CONF", "R2D2Net", "merge_conf"]
 
@@ -101,7 +102,7 @@ class R2D2Net(nn.Module):
             in_ch, dilation = out_ch, dilation * stride
         self.layers = nn.Sequential(*layers)
         if self.conf["weights"] is not None:
-            load_net_weights(self, self.conf["weights"], strict=bool(self.conf["strict"]))
+            load_weights(self, self.conf["weights"], strict=bool(self.conf["strict"]))
 
     @property
     def multiple(self) -> int:

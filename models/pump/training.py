@@ -27,7 +27,7 @@ from .ap_loss import ap_loss
 from .net_io import normalize_images
 from .synthetic import TrainingPair
 
-__all__ = ["TRAIN_CONF", "merge_conf", "make_optimizer", "collate_pairs", "training_step"]
+__all__ = ["TRAIN_CONF", "merge_conf", "make_optimizer", "collate_pairs", "compute_losses", "training_step"]
 
 TRAIN_CONF: dict[str, Any] = {
     "lr": 1e-4,  # Adam learning rate, constant (paper: 1e-4, no schedule)
@@ -87,6 +87,60 @@ def _check_batch(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     return img1, img2, H
 
 
+def compute_losses(
+    net: nn.Module,
+    batch: Mapping[str, Tensor],
+    conf: Mapping[str, Any] | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    detach_parts: bool = True,
+) -> tuple[Tensor, dict[str, Tensor | int]]:
+    """Forward both images and return ``AP (S) + pump_weight * PUMP (U)`` without stepping.
+
+    Args:
+        net: descriptor net (``(B, 3, S, S)`` normalised RGB -> ``(B, D, S, S)`` unit descriptors),
+            or a wrapper of it (e.g. DDP); its train / eval mode is left as the caller set it.
+        batch: ``image1``, ``image2`` ``(B, S, S, 3)`` uint8 and ``H`` ``(B, 3, 3)`` (finite for S
+            pairs, all NaN for U pairs), on the net's device.
+        conf: overrides of :data:`TRAIN_CONF`.
+        generator: torch generator (on the batch's device) for the AP loss's query draws, or one
+            per sample (``B`` of them): then the AP loss is the mean of per-sample AP losses, each
+            with its own queries, so a sample's loss does not depend on the batch it is in.
+        detach_parts: return ``ap_loss`` / ``pump_loss`` detached (for logging) or with their graph
+            (for a caller that weights them itself, e.g. a data-parallel worker).
+
+    Returns:
+        ``total`` (scalar, differentiable) and the parts ``ap_loss``, ``pump_loss`` (scalars, 0
+        for an empty part), ``num_s``, ``num_u``.
+    """
+    c = merge_conf(conf)
+    img1, img2, H = _check_batch(batch)
+    B = img1.shape[0]
+    desc = net(normalize_images(torch.cat([img1, img2])))
+    d1, d2 = desc[:B].float(), desc[B:].float()
+    is_s = torch.isfinite(H).all(-1).all(-1)
+    zero = desc.sum() * 0.0
+    if not bool(is_s.any()):
+        ap = zero
+    elif isinstance(generator, (list, tuple)):
+        if len(generator) != B:
+            raise ValueError(f"got {len(generator)} generators for a batch of {B}")
+        idx = is_s.nonzero().flatten().tolist()
+        ap = torch.stack([ap_loss(d1[i:i + 1], d2[i:i + 1], H[i:i + 1], c["ap"], generator[i]) for i in idx]).mean()
+    else:
+        ap = ap_loss(d1[is_s], d2[is_s], H[is_s], c["ap"], generator)
+    if bool((~is_s).any()):
+        from matchmill.models.pump.unsupervised_loss import unsupervised_loss
+
+        pump = unsupervised_loss(d1[~is_s], d2[~is_s], c["pump"])
+    else:
+        pump = zero
+    total = ap + float(c["pump_weight"]) * pump
+    if detach_parts:
+        ap, pump = ap.detach(), pump.detach()
+    parts = {"ap_loss": ap, "pump_loss": pump, "num_s": int(is_s.sum()), "num_u": int((~is_s).sum())}
+    return total, parts
+
+
 def training_step(
     net: nn.Module,
     batch: Mapping[str, Tensor],
@@ -108,29 +162,15 @@ def training_step(
     Returns:
         ``loss``, ``ap_loss``, ``pump_loss`` (0.0 for an empty part), ``num_s``, ``num_u``.
     """
-    c = merge_conf(conf)
-    img1, img2, H = _check_batch(batch)
-    B = img1.shape[0]
     net.train()
-    desc = net(normalize_images(torch.cat([img1, img2])))
-    d1, d2 = desc[:B], desc[B:]
-    is_s = torch.isfinite(H).all(-1).all(-1)
-    zero = desc.sum() * 0.0
-    ap = ap_loss(d1[is_s], d2[is_s], H[is_s], c["ap"], generator) if bool(is_s.any()) else zero
-    if bool((~is_s).any()):
-        from matchmill.models.pump.unsupervised_loss import unsupervised_loss
-
-        pump = unsupervised_loss(d1[~is_s], d2[~is_s], c["pump"])
-    else:
-        pump = zero
-    total = ap + float(c["pump_weight"]) * pump
+    total, parts = compute_losses(net, batch, conf, generator)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
     return {
         "loss": float(total.detach()),
-        "ap_loss": float(ap.detach()),
-        "pump_loss": float(pump.detach()),
-        "num_s": int(is_s.sum()),
-        "num_u": int((~is_s).sum()),
+        "ap_loss": float(parts["ap_loss"]),
+        "pump_loss": float(parts["pump_loss"]),
+        "num_s": int(parts["num_s"]),
+        "num_u": int(parts["num_u"]),
     }

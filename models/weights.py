@@ -1,0 +1,211 @@
+"""One weight loader for every net: read a state dict without running pickled code, check, then copy.
+
+:func:`read_state_dict` reads ``.safetensors`` (``safetensors``) or anything else with
+``torch.load(map_location="cpu", weights_only=True)``, from a local path or any fsspec URL
+(``s3://``, ``gs://``, ``file://``, ``memory://``, ...). A checkpoint dict holding the weights under
+``"state_dict"`` or ``"model"`` is unwrapped. A file that holds pickled objects or code (a crafted
+``__reduce__``, a whole pickled ``nn.Module``) is refused with a ``ValueError``; nothing in it runs.
+
+:func:`load_weights` checks every key (missing, unexpected, mis-shaped) *before* copying anything
+and names the offending keys and the source; values are cast to the dtype and device of the
+net's own tensors, so it works for a net already moved to ``cuda`` or ``half()``. BatchNorm
+``num_batches_tracked`` counters are optional (old and converted files lack them).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "OPTIONAL_SUFFIXES",
+    "WeightsSource",
+    "load_weights",
+    "read_state_dict",
+    "select_keys",
+    "state_dict_problems",
+]
+
+#: A weights file (local path or fsspec URL) or an in-memory ``{name: tensor}`` mapping.
+WeightsSource = str | Path | Mapping[str, Tensor]
+
+#: State-dict keys that a weights file may omit (BatchNorm counters, absent from old checkpoints).
+OPTIONAL_SUFFIXES = (".num_batches_tracked",)
+
+_CHECKPOINT_KEYS = ("state_dict", "model")  # where training checkpoints keep the weights
+
+
+def read_state_dict(source: WeightsSource) -> dict[str, Tensor]:
+    """Read ``{name: tensor}`` weights, never executing pickled code.
+
+    Args:
+        source: ``.safetensors`` or ``.pth`` / ``.pt`` / ``.ckpt`` (any other suffix) path, an fsspec
+            URL of such a file (fetched to a temporary local copy), or a mapping (checked, unwrapped).
+
+    Returns:
+        ``{name: tensor}``, tensors on CPU for files (a mapping's tensors are returned as given).
+
+    Raises:
+        FileNotFoundError: the file does not exist (message names it).
+        ValueError: the file holds pickled objects / code (refused), cannot be read, or holds no
+            dict of tensors; the message names the file.
+    """
+    if isinstance(source, Mapping):
+        return _as_state_dict(source, "state dict")
+    if "://" in str(source):
+        return _read_url(str(source))
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    return _as_state_dict(_read_local(path), str(path))
+
+
+def _read_local(path: Path) -> object:
+    """The deserialised content of a local weights file (weights-only)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused the content
+        raise ValueError(_refusal(path, str(exc))) from None
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"cannot load weights from {path} (weights-only loading): {exc}") from exc
+
+
+def _refusal(path: Path, message: str) -> str:
+    """One-line reason why the weights-only unpickler refused ``path``."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (
+            f"refusing to load {path}: it holds pickled objects/code (global {found.group(1)}), not just weights; "
+            f"only weights are loaded (tensors, torch.load weights_only=True). Re-save it as a state dict, "
+            f"e.g. torch.save(net.state_dict(), path) or safetensors"
+        )
+    detail = next((ln.strip() for ln in message.splitlines() if "Unsupported" in ln), "not a weights-only torch file")
+    return (
+        f"refusing to load {path}: not a weights-only torch file ({detail}); it may hold pickled objects/code, "
+        f"and only weights are loaded (tensors, torch.load weights_only=True)"
+    )
+
+
+def _read_url(url: str) -> dict[str, Tensor]:
+    """:func:`read_state_dict` for an fsspec URL, through a temporary local copy (errors name the URL)."""
+    import fsspec
+
+    fs, remote = fsspec.core.url_to_fs(url)
+    if not fs.isfile(remote):
+        raise FileNotFoundError(f"weights file not found: {url}")
+    with tempfile.TemporaryDirectory(prefix="matchmill-weights-") as tmp:
+        local = Path(tmp) / Path(remote).name
+        fs.get_file(remote, str(local))
+        try:
+            return read_state_dict(local)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(str(local), url)) from None
+
+
+def _as_state_dict(obj: object, where: str) -> dict[str, Tensor]:
+    """Unwrap a checkpoint dict and check that ``obj`` is a non-empty ``{str: Tensor}`` mapping."""
+    if isinstance(obj, Mapping) and not all(isinstance(v, Tensor) for v in obj.values()):
+        for key in _CHECKPOINT_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    ):
+        raise ValueError(f"{where} does not hold a state dict of tensors (got {type(obj).__name__})")
+    return dict(obj)
+
+
+def state_dict_problems(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], strict: bool) -> list[str]:
+    """Human-readable list of what keeps ``given`` from loading into a module whose state dict is ``expected``.
+
+    Mis-shaped keys are always problems; missing (non-optional, see :data:`OPTIONAL_SUFFIXES`) and
+    unexpected keys only when ``strict``. An empty list means ``given`` loads.
+    """
+    missing = sorted(k for k in expected if k not in given and not k.endswith(OPTIONAL_SUFFIXES))
+    unexpected = sorted(k for k in given if k not in expected)
+    misshaped = sorted(
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(given[k].shape)}"
+        for k in given
+        if k in expected and tuple(given[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
+    return problems
+
+
+def select_keys(
+    state: Mapping[str, Tensor], prefix: str = "", key_map: Callable[[str], str | None] | None = None
+) -> dict[str, Tensor]:
+    """Keys under ``prefix`` (stripped; all keys when empty), renamed by ``key_map`` (``None`` drops a key)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if prefix:
+            if not key.startswith(prefix):
+                continue
+            key = key[len(prefix):]
+        if key_map is not None:
+            mapped = key_map(key)
+            if mapped is None:
+                continue
+            key = mapped
+        out[key] = value
+    return out
+
+
+def load_weights(
+    net: nn.Module,
+    source: WeightsSource,
+    *,
+    strict: bool = True,
+    prefix: str = "",
+    key_map: Callable[[str], str | None] | None = None,
+    where: str | None = None,
+) -> None:
+    """Fill ``net`` in place from a weights file or a state dict; on any problem nothing is copied.
+
+    Args:
+        net: the module to fill; its tensors keep their dtype and device (given values are cast).
+        source: see :func:`read_state_dict`.
+        strict: fail on missing or unexpected keys (mis-shaped keys always fail; BatchNorm
+            ``num_batches_tracked`` is never required). Non-strict loads the keys that match.
+        prefix: only keys starting with it are used, with it stripped (e.g. ``"backbone."``).
+        key_map: applied to every (prefix-stripped) key; returns the net's key, or ``None`` to drop it.
+        where: the source's name in error messages (default: the path, or ``"state dict"``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: refused / unreadable file, or a message naming every missing, unexpected and
+            mis-shaped key (with both shapes) and the source.
+    """
+    if where is None:
+        where = "state dict" if isinstance(source, Mapping) else str(source)
+    given = select_keys(read_state_dict(source), prefix, key_map)
+    expected = net.state_dict()
+    problems = state_dict_problems(expected, given, strict)
+    if prefix and not given:
+        problems.insert(0, f"no keys under prefix {prefix!r}")
+    if problems:
+        raise ValueError(f"cannot load {type(net).__name__} weights from {where}: " + " | ".join(problems))
+    merged = dict(expected)
+    for key, value in given.items():
+        if key in expected:
+            merged[key] = value.detach().to(dtype=expected[key].dtype, device=expected[key].device)
+    net.load_state_dict(merged, strict=True)

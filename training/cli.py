@@ -1,0 +1,54 @@
+"""``matchmill train pump|ncnet|patch2pix CONFIG [k=v ...] [--address A] [--from CKPT]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import MODELS
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train PUMP, NCNet or Patch2Pix on Ray Train (resumes a run of the same name)")
+    p.add_argument("model", choices=MODELS)
+    p.add_argument("config", help="YAML job file (e.g. configs/train-pump.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500 scaling.workers=2")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")
+    p.add_argument("--from", dest="from_weights", default=None,
+                   help="fine-tune: start the net from these weights (a file, a checkpoint folder or a run's best/)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from matchmill.manifests.storage import StorageError
+    from matchmill.pipeline.config import ConfigError
+    from matchmill.pipeline.runtime import ResourceError
+
+    from .config import load_train_config
+    from .trainer import TrainingStopped, run_training
+
+    overrides = list(args.overrides)
+    if args.from_weights:
+        overrides.append(f"train.from={args.from_weights}")
+    conf = load_train_config(args.model, args.config, overrides)
+    try:
+        result = run_training(conf, address=args.address)
+    except (ConfigError, StorageError, ResourceError):
+        raise  # one line and exit code 2 from the CLI's common handler
+    except TrainingStopped as exc:
+        print(f"matchmill: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # a worker failed for good: its error, in one line
+        print(f"matchmill: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"run: {result.run_url}")
+    print(f"step: {result.step}")
+    val = {k[4:]: v for k, v in result.metrics.items() if k.startswith("val/")}
+    if val:
+        print("validation: " + "  ".join(f"{k} {v:.4g}" for k, v in val.items()))
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}/model.safetensors")
+    if result.best:
+        print(f"best: {result.run_url}/best/model.safetensors ({result.best.get('metric')} "
+              f"{result.best.get('best')}, step {result.best.get('step')})")
+    return 0

@@ -1,0 +1,187 @@
+"""Training job configuration: defaults, YAML + dotted overrides, validation, task defaults.
+
+One YAML file per job (``configs/train-pump.yaml``, ...). The model's own section (``pump``,
+``ncnet`` or ``patch2pix``) takes its defaults from the task module, next to its code. Everything
+is validated before Ray starts: an unknown key, a wrong type, a missing manifest or an unwritable
+checkpoint URL stops with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from matchmill.pipeline.config import ConfigError, _check_keys, _type_ok, deep_merge, parse_override, set_dotted
+
+MODELS = ("pump", "ncnet", "patch2pix")
+from matchmill.models.device import AMP_CHOICES  # noqa: E402 - one definition of the AMP modes
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "storage": "file://./runs/train",  # where training runs live (Ray Train storage_path): file://, s3://, gs://
+    "run_name": None,  # folder under storage; None = the model name. The same name resumes from its newest checkpoint
+    "seed": 0,  # seeds the net's init and every sample (per step and sample index, not per worker)
+    "ray": {
+        "address": None,  # None = embedded local Ray; "auto" or ray://host:port joins a cluster
+        "num_cpus": None,  # CPUs of the embedded Ray (None = all)
+    },
+    "scaling": {
+        "workers": 1,  # Ray Train workers (data-parallel replicas)
+        "gpus_per_worker": 0.0,  # GPUs per worker; > 0 uses nccl and fails fast when the cluster has none
+        "cpus_per_worker": 1.0,  # CPUs reserved per worker (also torch's intra-op threads on CPU)
+    },
+    "data": {
+        "images": None,  # images (or pairs) manifest for PUMP's synthetic pairs: run URL, stage folder or .parquet
+        "pairs": None,  # pairs manifest: a run URL, a stage folder, a .parquet file or a SuperGlue .txt list
+        "images_dir": None,  # .txt pairs lists only: folder the image names are relative to
+        "val_fraction": 0.2,  # share of images (PUMP) or pairs (NCNet, Patch2Pix) held out, chosen by key hash
+        "max_image_pixels": 100_000_000,  # refuse larger images (decompression-bomb guard)
+    },
+    "train": {
+        "steps": 200,  # optimiser steps in all (a resumed run continues up to this)
+        "batch_size": 4,  # global batch (samples per step over all workers; a multiple of scaling.workers)
+        "epoch_steps": None,  # steps per epoch (validation + checkpoint); None = training samples / batch_size
+        "log_every": 10,  # console line and Parquet log flush every N steps
+        "keep_last": 3,  # newest checkpoints kept (the best one is kept apart under best/)
+        "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
+        "from": None,  # fine-tune: weights file or checkpoint folder to start the trained net from
+        "max_failures": 1,  # worker failures Ray Train recovers from (restart from the newest checkpoint)
+    },
+}
+
+
+def task_defaults(model: str) -> dict[str, Any]:
+    """The model section's defaults, from the task module next to its code."""
+    if model == "pump":
+        from .pump_task import DEFAULT_CONF
+    elif model == "ncnet":
+        from .ncnet_task import DEFAULT_CONF
+    elif model == "patch2pix":
+        from .patch2pix_task import DEFAULT_CONF
+    else:
+        raise ConfigError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    return copy.deepcopy(DEFAULT_CONF)
+
+
+def default_train_config(model: str) -> dict[str, Any]:
+    conf = copy.deepcopy(COMMON_DEFAULTS)
+    conf[model] = task_defaults(model)
+    return conf
+
+
+def load_train_config(model: str, path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    """Read YAML, apply dotted overrides, fill defaults, validate. ``conf["model"]`` is set."""
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    user: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r}: invalid YAML ({exc})") from exc
+        if not isinstance(user, dict):
+            raise ConfigError(f"config file {str(path)!r}: top level must be a mapping")
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_dotted(user, keys, value)
+    written_for = user.pop("model", model)
+    if written_for != model:
+        raise ConfigError(f"model: the config file is written for {written_for!r}, not {model!r}")
+    others = [m for m in MODELS if m != model and m in user]
+    if others:
+        raise ConfigError(f"{others[0]}: section of another model in a {model} training job")
+    defaults = default_train_config(model)
+    _check_keys(user, defaults, prefix="")
+    conf = deep_merge(defaults, user)
+    _check_types(conf, defaults, "")
+    conf["model"] = model
+    if not conf["run_name"]:
+        conf["run_name"] = model
+    _check_values(conf)
+    return conf
+
+
+def _check_types(conf: dict, defaults: dict, prefix: str) -> None:
+    for key, default in defaults.items():
+        value = conf.get(key)
+        if isinstance(default, dict) and default:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: expected a mapping, got {type(value).__name__}")
+            _check_types(value, default, f"{prefix}{key}.")
+        elif isinstance(default, (list, tuple)) and value is not None:
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise ConfigError(f"{prefix}{key}: expected a list of {len(default)} values, got {value!r}")
+        elif isinstance(default, float) and isinstance(value, str) and _is_float(value):
+            conf[key] = float(value)  # YAML 1.1 reads 1e-4 as a string
+        elif not _type_ok(value, default):
+            raise ConfigError(f"{prefix}{key}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_values(conf: dict) -> None:
+    s, t, d = conf["scaling"], conf["train"], conf["data"]
+    if s["workers"] < 1:
+        raise ConfigError(f"scaling.workers: must be >= 1, got {s['workers']}")
+    if s["gpus_per_worker"] < 0 or s["cpus_per_worker"] <= 0:
+        raise ConfigError("scaling: gpus_per_worker must be >= 0 and cpus_per_worker > 0")
+    if t["steps"] < 1 or t["batch_size"] < 1 or t["log_every"] < 1 or t["keep_last"] < 1:
+        raise ConfigError("train.steps, train.batch_size, train.log_every and train.keep_last must be >= 1")
+    if t["batch_size"] % s["workers"]:
+        raise ConfigError(
+            f"train.batch_size={t['batch_size']} must be a multiple of scaling.workers={s['workers']} "
+            "(each worker takes the same share of the global batch)"
+        )
+    if t["epoch_steps"] is not None and t["epoch_steps"] < 1:
+        raise ConfigError(f"train.epoch_steps: must be >= 1 or null, got {t['epoch_steps']}")
+    if t["amp"] not in AMP_CHOICES:
+        raise ConfigError(f"train.amp: {t['amp']!r} is not one of {'|'.join(AMP_CHOICES)}")
+    if not 0.0 <= d["val_fraction"] < 1.0:
+        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {d['val_fraction']}")
+    name = str(conf["run_name"])
+    if "/" in name.strip("/") or not name.strip():
+        raise ConfigError(f"run_name: {name!r} must be a single non-empty folder name")
+    if conf["storage"].startswith("memory://"):
+        raise ConfigError("storage: memory:// is not shared with Ray workers; use file://, s3:// or gs://")
+    if conf["model"] == "pump":
+        from .pump_task import check_conf
+    elif conf["model"] == "ncnet":
+        from .ncnet_task import check_conf
+    else:
+        from .patch2pix_task import check_conf
+    check_conf(conf)
+
+
+def storage_url(conf: dict) -> str:
+    """Absolute storage URL (``file:///abs/path`` for local folders)."""
+    storage = conf["storage"]
+    if "://" not in storage:
+        return "file://" + str(Path(storage).resolve())
+    if storage.startswith("file://") and not storage.startswith("file:///"):
+        return "file://" + str(Path(storage[len("file://"):]).resolve())
+    return storage.rstrip("/")
+
+
+def run_url(conf: dict) -> str:
+    """``<storage>/<run_name>``: where the checkpoints, the log and the best weights live."""
+    return storage_url(conf).rstrip("/") + "/" + conf["run_name"]
+
+
+def config_hash(conf: dict) -> str:
+    """Hash of what the run computes (scaling and step counts excluded: a resume may change them)."""
+    payload = {k: v for k, v in conf.items() if k not in ("ray", "scaling", "storage", "run_name")}
+    payload["train"] = {k: v for k, v in conf["train"].items() if k not in ("steps", "log_every", "keep_last", "max_failures")}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,69 @@
+"""One pose pair at the network size, through a frozen backbone: what NCNet and Patch2Pix train and
+validate on.
+
+Frames follow :mod:`matchmill.models.patch2pix_training`: an optional right/bottom crop, then a
+resize of each image to ``size = (W, H)`` (multiples of 16) with ``K' = A K`` (pixel-centre
+convention), so that poses and epipolar geometry hold in the network frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["build_backbone", "NetworkPair", "network_pair", "check_size"]
+
+
+def check_size(size: Sequence[int], where: str) -> tuple[int, int]:
+    from matchmill.pipeline.config import ConfigError
+
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or any(not isinstance(v, int) or v % 16 or v < 32 for v in size):
+        raise ConfigError(f"{where}: expected [W, H], each a multiple of 16 and >= 32, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def build_backbone(conf: dict, device: torch.device) -> nn.Module:
+    """The frozen feature pyramid (eval mode, no grad): ``resnet34`` from a seeded init or
+    ``backbone_weights`` (torchvision layout)."""
+    from matchmill.models.resnet import DEFAULT_CONF, ResNet34Pyramid
+
+    if conf["backbone"] != "resnet34":
+        raise ValueError(f"backbone {conf['backbone']!r} is not supported (resnet34)")
+    torch.manual_seed(int(conf["backbone_seed"]))
+    net = ResNet34Pyramid({**DEFAULT_CONF, "weights": conf["backbone_weights"]}).eval().to(device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+class NetworkPair:
+    """Pyramids ``feats0`` / ``feats1`` (5 levels, ``(1, C, h, w)``), scaled ``K0``, ``K1``, ``T`` and size."""
+
+    def __init__(self, feats0, feats1, K0, K1, T, size, key: str) -> None:
+        self.feats0, self.feats1 = feats0, feats1
+        self.K0, self.K1, self.T = K0, K1, T
+        self.size = size
+        self.key = key
+
+
+def _resize(image: np.ndarray, K: Any, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    from matchmill.models.patch2pix_training import resize_image, scale_intrinsics
+
+    h, w = image.shape[:2]
+    return resize_image(image, size), (scale_intrinsics(K, (size[0] / w, size[1] / h)) if K else None)
+
+
+@torch.no_grad()
+def network_pair(row: dict, image0: np.ndarray, image1: np.ndarray, backbone: nn.Module,
+                 size: tuple[int, int], device: torch.device) -> NetworkPair:
+    """Resize both images of a pairs-manifest row to ``size`` and run the frozen backbone."""
+    from matchmill.models.resnet import normalize_image
+
+    (im0, K0), (im1, K1) = _resize(image0, row["K0"], size), _resize(image1, row["K1"], size)
+    f0 = [f for f in backbone(normalize_image(im0).to(device))]
+    f1 = [f for f in backbone(normalize_image(im1).to(device))]
+    T = np.asarray(row["T_0to1"], np.float64).reshape(4, 4) if row.get("T_0to1") else None
+    return NetworkPair(f0, f1, K0, K1, T, size, row["pair_id"])
