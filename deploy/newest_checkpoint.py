@@ -1,20 +1,27 @@
-"""Print the URL of the newest checkpoint file under a folder on any fsspec storage.
+"""Print the weights URL of the newest (or best) checkpoint of a training run on any fsspec storage.
 
 The weekly benchmark job (deploy/raycronjob.yaml) runs it once, on the driver, and passes the
 printed URL to every worker as ``refine.weights=<url>`` (weights load straight from object storage),
 so all actors of a run use the same checkpoint even if training writes a new one meanwhile.
 
-Usage:  python deploy/newest_checkpoint.py s3://bucket/patch2pix/checkpoints [--suffix .safetensors]
+Usage:  python deploy/newest_checkpoint.py s3://bucket/train/patch2pix-megadepth [--which latest|best]
+        python deploy/newest_checkpoint.py s3://bucket/some/folder --suffix .safetensors
 
-"Newest" is the latest modification time the store reports (S3 ``LastModified``, GCS ``updated``,
-local ``mtime``); equal times are broken by the later path name. Exit code 2 with one line on
-stderr when the folder is missing or holds no matching file.
+A folder written by ``matchmill train`` (it holds ``train.json``): ``--which latest`` (default)
+gives ``<checkpoint of the highest step>/model.safetensors``, read from each checkpoint's
+``state.json`` (a half-uploaded checkpoint without one is skipped); ``--which best`` gives
+``best/model.safetensors`` (the best validation so far). Any other folder: the newest file ending
+in ``--suffix`` by the modification time the store reports (S3 ``LastModified``, GCS ``updated``,
+local ``mtime``; ties broken by the later path name). Exit code 2 with one line on stderr when the
+folder is missing or holds no checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import posixpath
 import sys
 from typing import Any
 
@@ -43,7 +50,40 @@ def modified_seconds(info: dict[str, Any]) -> float:
     return 0.0
 
 
-def newest_checkpoint(folder_url: str, suffix: str = ".safetensors") -> str:
+def _url(fs, path: str) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return fs.unstrip_protocol(path) if protocol not in ("file", "local") else f"file://{path}"
+
+
+def training_checkpoint(folder_url: str, which: str = "latest") -> str | None:
+    """``model.safetensors`` URL of a ``matchmill train`` run's newest-step (or best) checkpoint;
+    None when ``folder_url`` is not a training run."""
+    fs, root = fsspec.core.url_to_fs(folder_url)
+    if not fs.exists(posixpath.join(root, "train.json")):
+        return None
+    if which == "best":
+        path = posixpath.join(root, "best", "model.safetensors")
+        if not fs.exists(path):
+            raise FileNotFoundError(f"training run {folder_url} has no best/model.safetensors yet")
+        return _url(fs, path)
+    steps = []
+    for entry in fs.ls(root, detail=True):
+        name = entry["name"].rstrip("/")
+        if entry.get("type") != "directory" or not posixpath.basename(name).startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open(posixpath.join(name, "state.json"), "rb") as f:
+                step = int(json.load(f)["step"])
+        except (OSError, ValueError, KeyError):
+            continue  # an upload that never finished
+        if fs.exists(posixpath.join(name, "model.safetensors")):
+            steps.append((step, name))
+    if not steps:
+        raise FileNotFoundError(f"training run {folder_url} has no complete checkpoint yet")
+    return _url(fs, posixpath.join(max(steps)[1], "model.safetensors"))
+
+
+def newest_checkpoint(folder_url: str, suffix: str = ".safetensors", which: str = "latest") -> str:
     """URL of the newest file ending in ``suffix`` anywhere under ``folder_url``.
 
     Raises:
@@ -52,22 +92,26 @@ def newest_checkpoint(folder_url: str, suffix: str = ".safetensors") -> str:
     fs, root = fsspec.core.url_to_fs(folder_url)
     if not fs.exists(root):
         raise FileNotFoundError(f"checkpoint folder {folder_url} does not exist")
+    trained = training_checkpoint(folder_url, which)
+    if trained is not None:
+        return trained
     found = {path: info for path, info in fs.find(root, detail=True).items()
              if path.endswith(suffix) and info.get("type", "file") == "file"}
     if not found:
         raise FileNotFoundError(f"no *{suffix} file under {folder_url}")
     path = max(found, key=lambda p: (modified_seconds(found[p]), p))
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return fs.unstrip_protocol(path) if protocol not in ("file", "local") else f"file://{path}"
+    return _url(fs, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder_url", help="folder holding checkpoints (any fsspec URL), searched recursively")
-    parser.add_argument("--suffix", default=".safetensors", help="checkpoint file ending (default .safetensors)")
+    parser.add_argument("folder_url", help="a `matchmill train` run folder, or any folder holding checkpoints (any fsspec URL)")
+    parser.add_argument("--which", choices=("latest", "best"), default="latest",
+                        help="training runs: the highest-step checkpoint (default) or the best validation")
+    parser.add_argument("--suffix", default=".safetensors", help="other folders: checkpoint file ending (default .safetensors)")
     args = parser.parse_args(argv)
     try:
-        print(newest_checkpoint(args.folder_url, args.suffix))
+        print(newest_checkpoint(args.folder_url, args.suffix, args.which))
     except FileNotFoundError as exc:
         print(f"newest_checkpoint: error: {exc}", file=sys.stderr)
         return 2

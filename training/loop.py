@@ -109,6 +109,9 @@ def train_loop_per_worker(config: dict) -> None:
     import logging
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # Ray Train's per-report INFO lines
+    import os
+
+    os.environ.update(config.get("env") or {})  # storage endpoint / credentials of the driver
     conf, run_url = config["conf"], config["run_url"]
     t = conf["train"]
     ctx = ray.train.get_context()

@@ -50,7 +50,27 @@ def ray_storage(url: str):
         return path, None
     import pyarrow.fs as pafs
 
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("s3", "s3a"):
+        import fsspec
+
+        # explicit endpoint and credentials: the filesystem is pickled to Ray Train's controller and
+        # workers, whose environment may predate this driver's (an embedded Ray started earlier)
+        opts = dict(fs.storage_options)
+        env = os.environ
+        if "AWS_ENDPOINT_URL" in env and "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
+            opts["endpoint_url"] = env["AWS_ENDPOINT_URL"]
+        if "AWS_ACCESS_KEY_ID" in env and "key" not in opts:
+            opts.update(key=env["AWS_ACCESS_KEY_ID"], secret=env.get("AWS_SECRET_ACCESS_KEY"))
+        fs = fsspec.filesystem("s3", **opts, skip_instance_cache=True)
     return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+#: Environment variables that configure storage access; forwarded to the training workers so that
+#: their own writes (log, best weights) reach the same store as the driver's.
+STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+               "GOOGLE_APPLICATION_CREDENTIALS", "FSSPEC_CONFIG_DIR")
 
 
 def _init_ray(conf: dict, address: str | None) -> None:
@@ -141,7 +161,7 @@ def run_training(conf: dict, address: str | None = None, echo=print) -> TrainRes
     storage_path, storage_fs = ray_storage(url.rsplit("/", 1)[0])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"conf": conf, "run_url": url},
+        train_loop_config={"conf": conf, "run_url": url, "env": {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=int(s["workers"]), use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
