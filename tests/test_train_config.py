@@ -112,14 +112,17 @@ def test_samples_depend_on_step_and_index_not_on_the_worker(pairs_url, tmp_path)
     w0, w1 = PumpTask(conf, torch.device("cpu"), 0, 2), PumpTask(conf, torch.device("cpu"), 1, 2)
     for t in (one, w0, w1):
         t.setup_data()
-    full = one.local_batch(3, [0, 1])
-    a, b = w0.local_batch(3, [0]), w1.local_batch(3, [1])
-    assert torch.equal(full.tensors["image1"][0], a.tensors["image1"][0])
-    assert torch.equal(full.tensors["image2"][1], b.tensors["image2"][0])
-    assert torch.isnan(full.tensors["H"][0]).all() and torch.isfinite(full.tensors["H"][1]).all()  # U first, then S
-    assert not torch.equal(one.local_batch(4, [0, 1]).tensors["image1"], full.tensors["image1"])
+    full = one.local_batch(3, [0, 1, 2, 3])
+    a, b = w0.local_batch(3, [0, 2]), w1.local_batch(3, [1, 3])
+    for name in ("image1", "image2", "H"):
+        assert torch.equal(full.tensors[name][[0, 2]].nan_to_num(), a.tensors[name].nan_to_num())
+        assert torch.equal(full.tensors[name][[1, 3]].nan_to_num(), b.tensors[name].nan_to_num())
+    H = full.tensors["H"]  # u_fraction 0.5 of 4: samples 0, 1 are U (NaN H), 2, 3 are S
+    assert torch.isnan(H[:2]).all() and torch.isfinite(H[2:]).all()
+    assert not torch.equal(one.local_batch(4, [0, 1, 2, 3]).tensors["image1"], full.tensors["image1"])
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the crafted file's protocol
 def test_checkpoint_round_trip_and_pickled_code_is_refused(tmp_path):
     from matchmill.models.ncnet import NCNet
     from matchmill.training.checkpoints import load_checkpoint, save_checkpoint

@@ -242,3 +242,13 @@ def test_killed_driver_rerun_resumes_without_redoing_checkpointed_steps(ray_loca
     assert "step: 12" in out.stdout
     log = read_log(url).to_pandas().query("kind == 'train'")
     assert log["step"].tolist() == list(range(1, 13)) and log["loss"].notna().all()
+
+
+def test_gpus_the_cluster_lacks_fail_in_one_line_before_training(ray_local, storage, pairs_url, capsys):
+    args = ["train", "ncnet", str(REPO / "configs" / "train-ncnet.yaml"),
+            *tiny_overrides("ncnet", storage, pairs_url), "run_name=nc-gpu", "scaling.gpus_per_worker=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "scaling.gpus_per_worker=1" in err and "the Ray cluster has 0;" in err and "gpus_per_worker=0 to train on CPU" in err
+    assert list_checkpoints(f"file://{storage}/nc-gpu") == []
