@@ -170,7 +170,7 @@ def test_log_keeps_the_newest_attempt_of_each_step(tmp_path):
 
 
 def test_progress_line_names_step_loss_parts_rate_and_eta():
-    from matchmill.training.loop import format_progress
+    from matchmill.training.progress import format_progress
 
     line = format_progress(20, 200, 0.5, {"ap_loss": 0.4, "pump_loss": -0.1, "num_s": 3.0}, 3.25, 552.0, 1)
     assert line.startswith("[train] step 20/200  loss 0.5000")
@@ -199,3 +199,26 @@ def test_worker_losses_average_to_the_one_worker_loss_of_the_same_global_batch(p
         totals[world] = total
     assert totals[1] > 0.1
     assert abs(totals[2] - totals[1]) < 1e-5 * totals[1]
+
+
+def test_driver_prints_progress_from_the_log_once_per_window_and_per_validation(tmp_path):
+    from matchmill.training.progress import ProgressPrinter
+    from matchmill.training.train_log import LogWriter
+
+    url = f"file://{tmp_path}/run"
+    old = LogWriter(url, attempt=1)
+    old.add("train", 1, {"loss": 9.0, "samples_per_s": 1.0})
+    old.flush()  # an earlier attempt's part: not reprinted
+    lines: list[str] = []
+    printer = ProgressPrinter(url, steps=4, echo=lines.append)
+    log = LogWriter(url, attempt=2)
+    for step in (1, 2):
+        log.add("train", step, {"loss": 1.0 / step, "ap_loss": 0.5, "epoch": 0})
+    log.rows[-1].update(samples_per_s=3.5, skipped_images=2.0)
+    log.add("val", 2, {"mma@3": 0.25, "matches": 40.0, "epoch": 1})
+    log.flush()
+    printer.poll()
+    printer.poll()  # nothing new: nothing printed twice
+    assert len(lines) == 2
+    assert lines[0].startswith("[train] step 2/4  loss 0.5000") and "3.50 samples/s" in lines[0] and "skipped images 2" in lines[0]
+    assert lines[1] == "[val] step 2 epoch 1  matches 40  mma@3 0.25"

@@ -32,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.from={args.from_weights}")
     conf = load_train_config(args.model, args.config, overrides)
     try:
-        result = run_training(conf, address=args.address)
+        result = run_training(conf, address=args.address, verbose=bool(getattr(args, "verbose", False)))
     except (ConfigError, StorageError, ResourceError):
         raise  # one line and exit code 2 from the CLI's common handler
     except TrainingStopped as exc:

@@ -4,8 +4,8 @@ Per worker: pick the device Ray gave it (``cuda:i`` or CPU), build the task and 
 seeded init everywhere), restore the newest checkpoint if Ray hands one over (resume) or the
 ``train.from`` weights (fine-tune), wrap the loss in DDP when there are several workers, then per
 step: this worker's share of the global batch -> loss (AMP on GPU as configured) -> NaN check
-across workers -> backward (DDP averages the gradients) -> step. Rank 0 writes the Parquet log,
-prints a console line every ``log_every`` steps, validates every epoch, and sends each epoch's
+across workers -> backward (DDP averages the gradients) -> step. Rank 0 writes the Parquet log
+(flushed every ``log_every`` steps; the driver prints the console lines from it), validates every epoch, and sends each epoch's
 checkpoint to Ray Train, which uploads it and keeps the newest ``keep_last``; the best
 validation's weights go to ``<run>/best/``.
 """
@@ -22,21 +22,9 @@ import torch
 
 from .task import LossModule, local_indices, make_task
 
-__all__ = ["train_loop_per_worker", "format_progress", "STOPPED_FILE"]
+__all__ = ["train_loop_per_worker", "STOPPED_FILE"]
 
 STOPPED_FILE = "stopped.json"
-
-
-def format_progress(step: int, steps: int, loss: float, parts: dict[str, float], rate: float, eta_s: float,
-                    skipped: int) -> str:
-    """One console line: ``step 20/200  loss 0.5123  ap_loss 0.51 ...  3.2 samples/s  ETA 9m12s``."""
-    shown = "  ".join(f"{k} {v:.4g}" for k, v in parts.items() if k in _SHOWN)
-    eta = f"{int(eta_s // 60)}m{int(eta_s % 60):02d}s" if math.isfinite(eta_s) else "?"
-    skip = f"  skipped images {skipped}" if skipped else ""
-    return f"[train] step {step}/{steps}  loss {loss:.4f}  {shown}  {rate:.2f} samples/s  ETA {eta}{skip}"
-
-
-_SHOWN = {"ap_loss", "pump_loss", "score_pos", "score_neg", "cls", "geo", "sampson_fine"}
 
 
 def _reduce_mean(values: list[float], world: int) -> list[float]:
@@ -156,7 +144,6 @@ def train_loop_per_worker(config: dict) -> None:
     mine = local_indices(B, rank, world)
     logger = LogWriter(run_url) if rank == 0 else None
     window_start, window_steps = time.perf_counter(), 0
-    run_start, first_step = time.perf_counter(), start + 1
 
     for step in range(start + 1, steps + 1):
         batch = task.local_batch(step, mine)
@@ -204,9 +191,7 @@ def train_loop_per_worker(config: dict) -> None:
             rate = B * window_steps / max(elapsed, 1e-9)
             if logger is not None:
                 logger.rows[-1].update(samples_per_s=rate, skipped_images=float(skipped or 0))
-                eta = (steps - step) * (time.perf_counter() - run_start) / max(step - first_step + 1, 1)
-                print(format_progress(step, steps, values[0], dict(zip(names, values[1:])), rate, eta, skipped or 0), flush=True)
-                logger.flush()
+                logger.flush()  # the driver prints the console line from it (training/progress.py)
             window_start, window_steps = time.perf_counter(), 0
         if step % epoch_steps == 0 or step == steps:
             epoch = step // epoch_steps if step % epoch_steps == 0 else epoch
@@ -219,8 +204,6 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics.update({f"val/{k}": v for k, v in val.items()}, skipped_images=len(skipped_all))
                 logger.add("val", step, {**val, "epoch": epoch})
                 logger.flush()
-                print("[val] step {} epoch {}  ".format(step, epoch) + "  ".join(f"{k} {v:.4g}" for k, v in val.items())
-                      + ("  (best)" if improved else ""), flush=True)
                 state = {"step": step, "epoch": epoch, "model": conf["model"], "val": val, "metric": task.metric,
                          "metric_mode": task.metric_mode, "best": best, "world_size": world,
                          "skipped_images": skipped_all, "time": time.time()}

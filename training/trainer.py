@@ -73,16 +73,18 @@ STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "
                "GOOGLE_APPLICATION_CREDENTIALS", "FSSPEC_CONFIG_DIR")
 
 
-def _init_ray(conf: dict, address: str | None) -> None:
+def _init_ray(conf: dict, address: str | None, verbose: bool = False) -> None:
+    """Start or join Ray; the workers' own output reaches this console only with ``verbose``
+    (progress comes from the run's log, see :mod:`.progress`)."""
     import ray
 
     address = address or conf["ray"]["address"] or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
         else:
             ray.init(num_cpus=conf["ray"]["num_cpus"], include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=True)
+                     log_to_driver=verbose)
     _check_resources(conf, CLUSTER_WAIT_SECONDS if address else 0.0)
 
 
@@ -123,7 +125,7 @@ def _root_cause(exc: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-def run_training(conf: dict, address: str | None = None, echo=print) -> TrainResult:
+def run_training(conf: dict, address: str | None = None, echo=print, verbose: bool = False) -> TrainResult:
     """Train ``conf["model"]`` as configured; resume when the run already has checkpoints.
 
     Raises:
@@ -152,7 +154,7 @@ def run_training(conf: dict, address: str | None = None, echo=print) -> TrainRes
     write_train_marker(url, {"model": conf["model"], "config_hash": config_hash(conf), "conf": conf})
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints reach the console once, not twice
-    _init_ray(conf, address)
+    _init_ray(conf, address, verbose)
     s, t = conf["scaling"], conf["train"]
     use_gpu = s["gpus_per_worker"] > 0
     resources = {"CPU": float(s["cpus_per_worker"])}
@@ -172,8 +174,11 @@ def run_training(conf: dict, address: str | None = None, echo=print) -> TrainRes
             failure_config=FailureConfig(max_failures=int(t["max_failures"])),
         ),
     )
+    from .progress import ProgressPrinter
+
     try:
-        result = trainer.fit()
+        with ProgressPrinter(url, int(t["steps"]), echo=echo):
+            result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - a worker's failure, told in one line
         raise RuntimeError(f"training failed: {_root_cause(exc)}") from exc
     if exists(f"{url}/{STOPPED_FILE}"):
