@@ -177,6 +177,7 @@ def read_manifest(url: str, manifest: str, columns: Iterable[str] | None = None)
 def list_files(url: str, suffix: str = ".parquet") -> list[str]:
     """Full URLs of the files directly under ``url`` that end with ``suffix``, sorted."""
     fs, path = url_to_fs(url)
+    fs.invalidate_cache(path)  # object stores cache listings: other processes may have written since
     try:
         names = fs.ls(path, detail=False)
     except FileNotFoundError:
@@ -191,6 +192,7 @@ def list_files(url: str, suffix: str = ".parquet") -> list[str]:
 
 def exists(url: str) -> bool:
     fs, path = url_to_fs(url)
+    fs.invalidate_cache(path)  # never trust a listing cached before another process wrote
     return fs.exists(path)
 
 

@@ -116,6 +116,7 @@ def weights_file(source: str) -> str:
 def list_checkpoints(run_url: str) -> list[dict[str, Any]]:
     """The run's checkpoints, oldest step first: ``{"url", "step", "epoch", "val", ...}`` from each state.json."""
     fs, path = url_to_fs(run_url)
+    fs.invalidate_cache(path)  # the workers wrote the checkpoints: a cached listing would miss them
     try:
         entries = fs.ls(path, detail=True)
     except FileNotFoundError:
