@@ -121,7 +121,10 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             saved = load_checkpoint(folder)
         load_weights(net, saved["model"], where="checkpoint")
+        configured = [{k: g[k] for k in ("lr", "weight_decay") if k in g} for g in optimizer.param_groups]
         optimizer.load_state_dict(saved["optimizer"])
+        for group, values in zip(optimizer.param_groups, configured):
+            group.update(values)  # moments from the checkpoint, hyper-parameters from this run's config
         if saved["scaler"]:
             scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["rng"]["torch_cpu"])

@@ -55,6 +55,7 @@ class ManifestSummary:
     rows: int  # rows in all
     ok_rows: int  # rows with status "ok"
     pose_rows: int  # ok pairs rows with K0, K1 and T_0to1 (0 for images manifests)
+    scenes: int = 0  # distinct scene names among the ok rows
 
 
 def _schema_kind(url: str) -> str:
@@ -139,7 +140,7 @@ def _read_table(files: tuple[str, ...], kind: str, columns: list[str], images_di
 def inspect_manifest(url: str, want: tuple[str, ...], where: str, images_dir: str | None = None) -> ManifestSummary:
     """Row counts of a manifest, reading only its small columns (no image is opened)."""
     kind, files = locate_manifest(url, want, where)
-    cols = ["status", "K0", "K1", "T_0to1"] if kind == "pairs" else ["status"]
+    cols = ["status", "scene", "K0", "K1", "T_0to1"] if kind == "pairs" else ["status", "scene"]
     table = _read_table(files, kind, cols, images_dir)
     status = table.column("status").to_pylist()
     ok = [s == STATUS_OK for s in status]
@@ -147,7 +148,8 @@ def inspect_manifest(url: str, want: tuple[str, ...], where: str, images_dir: st
     if kind == "pairs":
         K0, K1, T = (table.column(c).to_pylist() for c in ("K0", "K1", "T_0to1"))
         pose = sum(1 for i, good in enumerate(ok) if good and K0[i] and K1[i] and T[i])
-    return ManifestSummary(url, kind, files, len(status), sum(ok), pose)
+    scenes = len({sc for sc, good in zip(table.column("scene").to_pylist(), ok) if good})
+    return ManifestSummary(url, kind, files, len(status), sum(ok), pose, scenes)
 
 
 def read_pair_rows(url: str, where: str, images_dir: str | None = None) -> list[dict[str, Any]]:

@@ -68,6 +68,9 @@ def check_conf(conf: dict) -> None:
     if src.pose_rows == 0:
         raise ConfigError(f"data.pairs: {src.url} has no pairs with pose ground truth (K0, K1, T_0to1); "
                           "NCNet's validation (pose AUC) needs some")
+    if src.scenes < 2:
+        log.warning("ncnet: %s holds one scene, so a negative pair (another pair's image) may overlap its "
+                    "positive; several scenes make the weak supervision sharper", src.url)
 
 
 def match_scores(corr: Tensor) -> Tensor:
@@ -115,8 +118,6 @@ class NCNetTask(TrainTask):
         if len(self.train_pairs) < 2:
             raise ValueError(f"data.pairs: {len(self.train_pairs)} training pairs; NCNet needs >= 2")
         self.scenes = sorted({r["scene"] for r in self.train_pairs})
-        if len(self.scenes) < 2 and self.rank == 0:
-            log.warning("ncnet: all training pairs are of one scene, so negative pairs may overlap their positive")
         self.size = tuple(self.task_conf["size"])
         self.backbone = build_backbone(self.task_conf, self.device)
         self._f4: dict[str, Tensor] = {}

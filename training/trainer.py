@@ -115,6 +115,18 @@ def _check_resources(conf: dict, wait_seconds: float) -> None:
         time.sleep(2.0)
 
 
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (execution-only keys included: the user should know)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            out.append(f"{prefix}{key}")
+    return out
+
+
 def _root_cause(exc: BaseException) -> str:
     """The innermost error text of a Ray Train failure (a worker's ValueError, ...), one line."""
     text = str(exc)
@@ -149,6 +161,10 @@ def run_training(conf: dict, address: str | None = None, echo=print, verbose: bo
     done = list_checkpoints(url)
     if done:
         echo(f"resuming {url} from step {done[-1].get('step')} ({len(done)} checkpoint(s))")
+        changed = _changed_keys((marker or {}).get("conf") or {}, conf)
+        if changed:
+            echo(f"note: the config differs from the run's last start in {', '.join(changed)}; "
+                 "training continues from the checkpoint with the new values")
     if exists(f"{url}/{STOPPED_FILE}"):
         remove_tree(f"{url}/{STOPPED_FILE}")
     write_train_marker(url, {"model": conf["model"], "config_hash": config_hash(conf), "conf": conf})
