@@ -29,12 +29,16 @@ def demo_conf(storage: Path, demo_root: Path, *extra: str) -> dict:
 
 def assert_same_metrics(a: dict, b: dict) -> None:
     """Equal metrics; pydegensac's inlier sets can differ by a point or two between processes
-    even with a fixed seed, so the metrics derived from them get a 2% tolerance."""
+    even with a fixed seed, so the mean inlier count gets a 2% tolerance and the F-DEGENSAC pose
+    AUCs one pair's worth (1 / num_pairs: one pair whose F-based pose error crosses a threshold;
+    seen in CI: 0.352 vs 0.386 at auc_fdegensac@20 over 24 pairs)."""
     assert a.keys() == b.keys()
     loose = {k for k in a if k == "mean_inliers" or k.startswith("auc_fdegensac")}
     assert {k: a[k] for k in a if k not in loose} == pytest.approx({k: b[k] for k in b if k not in loose})
-    for k in loose:
-        assert a[k] == pytest.approx(b[k], rel=0.02, abs=0.02), k
+    assert a["mean_inliers"] == pytest.approx(b["mean_inliers"], rel=0.02, abs=0.02)
+    one_pair = 1.0 / a["num_pairs"] + 1e-9
+    for k in loose - {"mean_inliers"}:
+        assert abs(a[k] - b[k]) <= one_pair, (k, a[k], b[k])
 
 
 @pytest.fixture(scope="module")
