@@ -50,30 +50,17 @@ from matchmill.models.pump.extract import dense_descriptors, descriptor_scales, 
 from matchmill.models.pump.net_io import save_net_weights
 from matchmill.models.pump.synthetic import CPU_SYNTH_CONF, TrainingPair, make_synthetic_pair
 from matchmill.models.pump.training import collate_pairs, make_optimizer, training_step
+from matchmill.training.validation import mutual_nn as _mutual, warp_points
 
 EVAL_CONF = {**CPU_SYNTH_CONF, "crop_size": 128, "window_size": 192}
 GRID_STEP = 8
 THRESHOLD = 3.0
 
 
-def _warp(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    p = np.c_[pts, np.ones(len(pts))] @ H.T
-    return p[:, :2] / p[:, 2:3]
-
-
-def _mutual(d1: torch.Tensor, d2: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mutual nearest neighbours of (N1, D) and (N2, D) unit descriptors -> index arrays (M,), (M,)."""
-    sim = d1 @ d2.t()
-    nn12 = sim.argmax(1)
-    nn21 = sim.argmax(0)
-    keep = nn21[nn12] == torch.arange(len(d1))
-    return torch.nonzero(keep).flatten().numpy(), nn12[keep].numpy()
-
-
 def _mma(p1: np.ndarray, p2: np.ndarray, H: np.ndarray) -> tuple[float, int]:
     if len(p1) == 0:
         return 0.0, 0
-    err = np.linalg.norm(_warp(H, p1) - p2, axis=1)
+    err = np.linalg.norm(warp_points(H, p1) - p2, axis=1)
     return float((err <= THRESHOLD).mean()), len(p1)
 
 
@@ -90,7 +77,7 @@ def evaluate(net: torch.nn.Module, pairs: list[TrainingPair], sift: SiftExtracto
         g = np.arange(GRID_STEP // 2, n, GRID_STEP, dtype=np.float64)
         gx, gy = np.meshgrid(g, g)
         pts = np.stack([gx.ravel(), gy.ravel()], 1)
-        gt = np.rint(_warp(pair.H, pts))
+        gt = np.rint(warp_points(pair.H, pts))
         ok = (gt >= 0).all(1) & (gt[:, 0] < n) & (gt[:, 1] < n)
         ok[ok] &= pair.img2[gt[ok, 1].astype(int), gt[ok, 0].astype(int)].max(-1) > 0
         pts = pts[ok]

@@ -123,8 +123,8 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
-    """Read YAML, apply dotted overrides, fill defaults (incl. method defaults), validate."""
+def read_user_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """The user's values: the YAML file (if any) with the dotted overrides applied; no defaults."""
     user: dict = {}
     if path is not None:
         path = Path(path)
@@ -139,7 +139,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
     for text in overrides:
         keys, value = parse_override(text)
         set_dotted(user, keys, value)
-    return resolve(user)
+    return user
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """Read YAML, apply dotted overrides, fill defaults (incl. method defaults), validate."""
+    return resolve(read_user_config(path, overrides))
 
 
 def resolve(user: dict) -> dict:

@@ -14,9 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from matchmill.pipeline.config import ConfigError, _check_keys, _type_ok, deep_merge, parse_override, set_dotted
+from matchmill.pipeline.config import ConfigError, _check_keys, _type_ok, deep_merge, read_user_config
 
 MODELS = ("pump", "ncnet", "patch2pix")
 from matchmill.models.device import AMP_CHOICES  # noqa: E402 - one definition of the AMP modes
@@ -77,20 +75,7 @@ def load_train_config(model: str, path: str | Path | None, overrides: list[str] 
     """Read YAML, apply dotted overrides, fill defaults, validate. ``conf["model"]`` is set."""
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    user: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r}: invalid YAML ({exc})") from exc
-        if not isinstance(user, dict):
-            raise ConfigError(f"config file {str(path)!r}: top level must be a mapping")
-    for text in overrides:
-        keys, value = parse_override(text)
-        set_dotted(user, keys, value)
+    user = read_user_config(path, overrides)
     written_for = user.pop("model", model)
     if written_for != model:
         raise ConfigError(f"model: the config file is written for {written_for!r}, not {model!r}")

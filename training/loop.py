@@ -185,15 +185,16 @@ def train_loop_per_worker(config: dict) -> None:
         names = sorted(parts)
         values = _reduce_mean([float(loss.detach())] + [float(parts[k]) for k in names], world)
         window_steps += 1
-        skipped = sum(_gather(len(task.skipped), world)) if (step % int(t["log_every"]) == 0 or step == steps) else None
+        logged = step % int(t["log_every"]) == 0 or step == steps
+        skipped = sum(_gather(len(task.skipped), world)) if logged else 0
         if logger is not None:
             row = {"loss": values[0], **dict(zip(names, values[1:])), "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             logger.add("train", step, row)
-        if step % int(t["log_every"]) == 0 or step == steps:
+        if logged:
             elapsed = time.perf_counter() - window_start
             rate = B * window_steps / max(elapsed, 1e-9)
             if logger is not None:
-                logger.rows[-1].update(samples_per_s=rate, skipped_images=float(skipped or 0))
+                logger.rows[-1].update(samples_per_s=rate, skipped_images=float(skipped))
                 logger.flush()  # the driver prints the console line from it (training/progress.py)
             window_start, window_steps = time.perf_counter(), 0
         if step % epoch_steps == 0 or step == steps:

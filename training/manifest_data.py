@@ -146,8 +146,10 @@ def inspect_manifest(url: str, want: tuple[str, ...], where: str, images_dir: st
     ok = [s == STATUS_OK for s in status]
     pose = 0
     if kind == "pairs":
-        K0, K1, T = (table.column(c).to_pylist() for c in ("K0", "K1", "T_0to1"))
-        pose = sum(1 for i, good in enumerate(ok) if good and K0[i] and K1[i] and T[i])
+        from matchmill.geometry.pair_metrics import has_pose_gt
+
+        rows = table.select(["K0", "K1", "T_0to1"]).to_pylist()
+        pose = sum(1 for row, good in zip(rows, ok) if good and has_pose_gt(row))
     scenes = len({sc for sc, good in zip(table.column("scene").to_pylist(), ok) if good})
     return ManifestSummary(url, kind, files, len(status), sum(ok), pose, scenes)
 

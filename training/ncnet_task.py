@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from matchmill.pipeline.config import ConfigError
 
-from .pair_features import build_backbone, check_size, network_pair
+from .pair_features import build_backbone, check_size, validate_on_pose_pairs
 from .task import TrainTask, sample_rng
 
 log = logging.getLogger(__name__)
@@ -107,13 +107,14 @@ class NCNetTask(TrainTask):
     metric_mode = "max"
 
     def setup_data(self) -> None:
+        from matchmill.geometry.pair_metrics import has_pose_gt
+
         from .manifest_data import read_pair_rows, split_rows
 
         d = self.conf["data"]
         rows = read_pair_rows(d["pairs"], "data.pairs", d["images_dir"])
         self.train_pairs, val = split_rows(rows, "pair_id", float(d["val_fraction"]))
-        self.val_pairs = [r for r in val if r["K0"] and r["K1"] and r["T_0to1"]] or \
-            [r for r in rows if r["K0"] and r["K1"] and r["T_0to1"]][:1]
+        self.val_pairs = [r for r in val if has_pose_gt(r)] or [r for r in rows if has_pose_gt(r)][:1]
         self.val_pairs = self.val_pairs[: int(self.task_conf["val_pairs"])]
         if len(self.train_pairs) < 2:
             raise ValueError(f"data.pairs: {len(self.train_pairs)} training pairs; NCNet needs >= 2")
@@ -175,22 +176,11 @@ class NCNetTask(TrainTask):
         loss = neg.mean() - pos.mean()
         return loss, {"score_pos": float(pos.mean().detach()), "score_neg": float(neg.mean().detach())}
 
-    @torch.no_grad()
     def validate(self, net: nn.Module) -> dict[str, float]:
-        from .validation import PoseSample, pose_metrics
+        threshold = float(self.task_conf["val_threshold"])
 
-        was = net.training
-        net.eval()
-        samples = []
-        try:
-            for row in self.val_pairs:
-                a, b = self.load(row["path0"], row["crop0"]), self.load(row["path1"], row["crop1"])
-                if a is None or b is None:
-                    continue
-                pair = network_pair(row, a, b, self.backbone, self.size, self.device)
-                matches, _ = net.extract_matches(net(pair.feats0[4], pair.feats1[4]),
-                                                 threshold=float(self.task_conf["val_threshold"]))
-                samples.append(PoseSample(matches.cpu().numpy(), pair.K0, pair.K1, pair.T))
-        finally:
-            net.train(was)
-        return pose_metrics(samples, ransac_px=float(self.task_conf["ransac_px"]))
+        def proposals(pair):
+            return net.extract_matches(net(pair.feats0[4], pair.feats1[4]), threshold=threshold)[0]
+
+        return validate_on_pose_pairs(self, net, self.val_pairs, self.backbone, self.size, proposals,
+                                      float(self.task_conf["ransac_px"]))

@@ -8,13 +8,13 @@ convention), so that poses and epipolar geometry hold in the network frame.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["build_backbone", "NetworkPair", "network_pair", "check_size"]
+__all__ = ["build_backbone", "NetworkPair", "network_pair", "check_size", "validate_on_pose_pairs"]
 
 
 def check_size(size: Sequence[int], where: str) -> tuple[int, int]:
@@ -67,3 +67,26 @@ def network_pair(row: dict, image0: np.ndarray, image1: np.ndarray, backbone: nn
     f1 = [f for f in backbone(normalize_image(im1).to(device))]
     T = np.asarray(row["T_0to1"], np.float64).reshape(4, 4) if row.get("T_0to1") else None
     return NetworkPair(f0, f1, K0, K1, T, size, row["pair_id"])
+
+
+@torch.no_grad()
+def validate_on_pose_pairs(task, net: nn.Module, rows: Sequence[dict], backbone: nn.Module, size: tuple[int, int],
+                           matches_of: Callable[["NetworkPair"], torch.Tensor], ransac_px: float) -> dict[str, float]:
+    """Pose AUC and Sampson error (:func:`.validation.pose_metrics`) of ``matches_of(pair)`` — ``(N, 4)``
+    network-frame matches — over held-out pose pairs; ``net`` runs in eval mode, its mode restored.
+    Pairs whose images cannot be read are left out (and counted by ``task.load``)."""
+    from .validation import PoseSample, pose_metrics
+
+    was = net.training
+    net.eval()
+    samples = []
+    try:
+        for row in rows:
+            a, b = task.load(row["path0"], row["crop0"]), task.load(row["path1"], row["crop1"])
+            if a is None or b is None:
+                continue
+            pair = network_pair(row, a, b, backbone, size, task.device)
+            samples.append(PoseSample(matches_of(pair).float().cpu().numpy(), pair.K0, pair.K1, pair.T))
+    finally:
+        net.train(was)
+    return pose_metrics(samples, ransac_px=ransac_px)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from matchmill.pipeline.config import ConfigError
 
-from .pair_features import build_backbone, check_size, network_pair
+from .pair_features import build_backbone, check_size, validate_on_pose_pairs
 from .task import TrainTask, sample_rng
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class Patch2PixTask(TrainTask):
     metric_mode = "max"
 
     def setup_data(self) -> None:
+        from matchmill.geometry.pair_metrics import has_pose_gt
         from matchmill.models.ncnet import NCNet
         from matchmill.models.weights import load_weights
 
@@ -94,7 +95,7 @@ class Patch2PixTask(TrainTask):
         from .manifest_data import read_pair_rows, split_rows
 
         d, c = self.conf["data"], self.task_conf
-        rows = [r for r in read_pair_rows(d["pairs"], "data.pairs", d["images_dir"]) if r["K0"] and r["K1"] and r["T_0to1"]]
+        rows = [r for r in read_pair_rows(d["pairs"], "data.pairs", d["images_dir"]) if has_pose_gt(r)]
         self.train_pairs, self.val_pairs = split_rows(rows, "pair_id", float(d["val_fraction"]))
         if not self.train_pairs:
             raise ValueError(f"data.pairs: no training pairs with pose in {d['pairs']}")
@@ -154,25 +155,14 @@ class Patch2PixTask(TrainTask):
         keep = ("cls", "geo", "n_pos_mid", "n_pos_fine", "sampson_in", "sampson_mid", "sampson_fine")
         return loss, {k: float(stats[k]) for k in keep}
 
-    @torch.no_grad()
     def validate(self, net: nn.Module) -> dict[str, float]:
-        from .validation import PoseSample, pose_metrics
+        confidence = float(self.task_conf["confidence"])
 
-        was = net.training
-        net.eval()
-        samples = []
-        try:
-            for row in self.val_pairs:
-                a, b = self.load(row["path0"], row["crop0"]), self.load(row["path1"], row["crop1"])
-                if a is None or b is None:
-                    continue
-                pair = network_pair(row, a, b, self.backbone, self.size, self.device)
-                proposals, _ = self.ncnet.extract_matches(self.ncnet(pair.feats0[4], pair.feats1[4]))
-                fine = proposals[:0]
-                if len(proposals):
-                    fine, _ = net.predict(pair.feats0[:4], pair.feats1[:4], proposals, self.size, self.size,
-                                          threshold=float(self.task_conf["confidence"]))
-                samples.append(PoseSample(fine.float().cpu().numpy(), pair.K0, pair.K1, pair.T))
-        finally:
-            net.train(was)
-        return pose_metrics(samples, ransac_px=float(self.task_conf["ransac_px"]))
+        def refined(pair):
+            proposals, _ = self.ncnet.extract_matches(self.ncnet(pair.feats0[4], pair.feats1[4]))
+            if not len(proposals):
+                return proposals
+            return net.predict(pair.feats0[:4], pair.feats1[:4], proposals, self.size, self.size, threshold=confidence)[0]
+
+        return validate_on_pose_pairs(self, net, self.val_pairs, self.backbone, self.size, refined,
+                                      float(self.task_conf["ransac_px"]))

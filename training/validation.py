@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["mutual_nn", "grid_mma", "PoseSample", "pose_metrics"]
+__all__ = ["mutual_nn", "warp_points", "grid_mma", "PoseSample", "pose_metrics"]
 
 
 def mutual_nn(d1: Tensor, d2: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -23,7 +23,8 @@ def mutual_nn(d1: Tensor, d2: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return torch.nonzero(keep).flatten().cpu().numpy(), nn12[keep].cpu().numpy()
 
 
-def _warp(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+def warp_points(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` pixels mapped by the homography ``H`` ``(3, 3)``."""
     p = np.c_[pts, np.ones(len(pts))] @ H.T
     return p[:, :2] / p[:, 2:3]
 
@@ -58,7 +59,7 @@ def grid_mma(net: nn.Module, pairs: Sequence, device: torch.device, threshold: f
             g = np.arange(grid // 2, n, grid, dtype=np.float64)
             gx, gy = np.meshgrid(g, g)
             pts = np.stack([gx.ravel(), gy.ravel()], 1)
-            gt = np.rint(_warp(pair.H, pts))
+            gt = np.rint(warp_points(pair.H, pts))
             ok = (gt >= 0).all(1) & (gt[:, 0] < pair.img2.shape[1]) & (gt[:, 1] < pair.img2.shape[0])
             ok[ok] &= pair.img2[gt[ok, 1].astype(int), gt[ok, 0].astype(int)].max(-1) > 0
             pts = pts[ok]
@@ -68,7 +69,7 @@ def grid_mma(net: nn.Module, pairs: Sequence, device: torch.device, threshold: f
             i1, i2 = mutual_nn(q, desc2.reshape(D, -1).t())
             w2 = desc2.shape[-1]
             p2 = np.stack([i2 % w2, i2 // w2], 1).astype(np.float64)
-            err = np.linalg.norm(_warp(pair.H, pts[i1]) - p2, axis=1)
+            err = np.linalg.norm(warp_points(pair.H, pts[i1]) - p2, axis=1)
             mmas.append(float((err <= threshold).mean()) if len(err) else 0.0)
             counts.append(len(err))
     finally:
