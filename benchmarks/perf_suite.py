@@ -12,7 +12,13 @@
     (ResNet34 + NCNet + CPU-sized Patch2Pix, small images, few pairs); both must produce the same
     matches per pair;
 (e) driver peak RSS (VmHWM of the driver process alone) for 1k vs 10k pairs through cheap stages
-    (benchmarks/driver_rss.py); the ratio must stay near 1.
+    (benchmarks/driver_rss.py); the ratio must stay near 1;
+(f) matchmill against the loop a user writes (benchmarks/beat_the_loop.py, issue 11): all pairs of
+    a 640x480 scene, SIFT 2048 + mutual NN 0.9 + pydegensac F, 2 actors per stage, against an
+    OpenCV/NumPy/pydegensac script with no matchmill in it (benchmarks/plain_loop.py), per pair
+    (2 extractions per pair) and cached (one per image): speed-ups (targets >= 5x and >= 1.5x),
+    marginal cost per pair against the cached loop's compute per pair per core (target <= 1.2),
+    and per-pair agreement of matches and inliers.
 
 Reading (d): every Ray stage pays a fixed start-up (its actor processes start, import their
 libraries and build the method: seconds on a small machine; printed under (a) as the time of the
@@ -22,7 +28,7 @@ each image once (N instead of N(N-1) calls on an exhaustive list) and from runni
 parallel across the cluster.
 
 The machine is shared, so absolute times vary between runs; ratios from one run are what to read.
-``--quick`` shrinks (a)-(d) and stops (e) after the propose stage; the figures are also written
+``--quick`` shrinks (a)-(d) and (f) and stops (e) after the propose stage; the figures are also written
 to ``<out>/perf_suite.json``.
 """
 
@@ -42,6 +48,8 @@ BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))
 
+from beat_the_loop import Job as LoopJob  # noqa: E402
+from beat_the_loop import measure as measure_beat_the_loop  # noqa: E402
 from driver_rss import measure_driver_memory  # noqa: E402
 from pipeline_overhead import CONFIG, RAY_STAGES, measure_actor_scaling, measure_overhead, run_cli  # noqa: E402
 from sequential_loop import run_sequential  # noqa: E402
@@ -60,10 +68,12 @@ class Sizes:
     patch2pix_size: tuple[int, int]  # (d) Patch2Pix image size
     rss_pairs: tuple[int, int]  # (e) pair counts compared
     rss_until: str | None  # (e) last stage run
+    loop_cameras: int  # (f) exhaustive pairs over this many views, against the plain loop
+    loop_size: tuple[int, int]  # (f) image size (width, height)
 
 
-FULL = Sizes(14, 40, 48, (640, 480), 14, 8, (320, 240), (1000, 10000), None)
-QUICK = Sizes(10, 20, 24, (640, 480), 8, 5, (240, 180), (1000, 10000), "propose")
+FULL = Sizes(14, 40, 48, (640, 480), 14, 8, (320, 240), (1000, 10000), None, 24, (640, 480))
+QUICK = Sizes(10, 20, 24, (640, 480), 8, 5, (240, 180), (1000, 10000), "propose", 10, (640, 480))
 
 #: Execution keys of the matchmill side of (d): every Ray stage with one actor per core.
 TWO_ACTORS = [f"{s}.actors=2" for s in RAY_STAGES] + [f"{s}.num_cpus=1" for s in RAY_STAGES]
@@ -96,8 +106,8 @@ def compare_chain(out: Path, name: str, scene: Path, chain: list[str], resize: i
     wall, _ = run_cli(["run", str(CONFIG), *overrides])
     run_url = f"file://{out}/{name}/{name}"
     stage_seconds = sum(read_commit(run_url, s).seconds for s in ("pairs", "images", *RAY_STAGES, "metrics"))
-    verified = read_stage(run_url, "verify", "verified", columns=["pair_id", "num_matches", "num_inliers"])
-    pairs = read_stage(run_url, "pairs", "pairs")
+    verified = read_stage(run_url, "verify", columns=["pair_id", "num_matches", "num_inliers"])
+    pairs = read_stage(run_url, "pairs")
 
     conf = load_config(CONFIG, overrides)
     loop = run_sequential(conf, pairs)
@@ -168,11 +178,36 @@ def print_report(res: dict) -> None:
                      "stages / CLI wall", f"{c['speedup_stages']:.2f}x / {c['speedup_cli']:.2f}x"))
         rows.append((f"  {c['chain']}: same matches per pair as the loop", "yes" if c["same_matches"] else "NO"))
     rows.append((f"driver peak RSS, {e['runs'][1]['pairs']} / {e['runs'][0]['pairs']} pairs", f"{e['ratio']:.3f}"))
+    rows += beat_the_loop_rows(res["beat_the_loop"])
     width = max(len(k) for k, _ in rows)
     print("\n" + "measurement".ljust(width) + "  ratio")
     print("-" * width + "  " + "-" * 24)
     for key, value in rows:
         print(key.ljust(width) + "  " + value)
+
+
+def beat_the_loop_rows(f_res: dict) -> list[tuple[str, str]]:
+    """(f) rows of the summary table; n/a where the matchmill run failed."""
+    f, n = f_res["figures"], f_res["pairs"]
+
+    def fmt(value, spec=".2f", unit="x"):
+        return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+    rows = [(f"beat the loop ({n} pairs of {f_res['images']} images): loop_per_pair / matchmill (target >= 5x)",
+             fmt(f["speedup_vs_per_pair"])),
+            ("  loop_cached / matchmill (target >= 1.5x)", fmt(f["speedup_vs_cached"])),
+            (f"  marginal s/pair, matchmill / (cached loop / {f['cores']} cores) (target <= 1.2x)", fmt(f["marginal_ratio"])),
+            ("  matchmill empty job (fixed start-up) / whole run", f"{fmt(f['empty_seconds'], '.1f', ' s')} / "
+                                                                    f"{fmt(f['matchmill_seconds'], '.1f', ' s')}")]
+    runs = [r for r in f_res["matchmill"] if r.get("comparison") and "error" not in r["comparison"]]
+    if runs:
+        c = runs[0]["comparison"]
+        rows.append(("  pairs with the loop's match set / inlier count", f"{c['matches_equal_fraction']:.1%} / "
+                                                                         f"{c['inliers_equal_fraction']:.1%}"))
+    for r in f_res["matchmill"]:
+        if not r["ok"]:
+            rows.append(("  matchmill run failed", (r["error"] or "").splitlines()[-1][:60]))
+    return rows
 
 
 def main() -> int:
@@ -206,6 +241,12 @@ def main() -> int:
     print("(e) driver peak RSS ...", flush=True)
     runs = [asdict(measure_driver_memory(out / "driver_rss", n, sizes.rss_until)) for n in sizes.rss_pairs]
     res["driver_rss"] = {"until": sizes.rss_until, "runs": runs, "ratio": ratio(runs[1]["peak_mib"], runs[0]["peak_mib"])}
+
+    print("(f) matchmill vs the loop a user writes ...", flush=True)
+    width, height = sizes.loop_size
+    res["beat_the_loop"] = measure_beat_the_loop(out / "beat_the_loop", LoopJob(cameras=sizes.loop_cameras, width=width,
+                                                                                height=height),
+                                                 log=lambda msg: print("    " + msg, flush=True))
 
     print("(b) 2 actors vs 1 ...", flush=True)
     throughput = measure_actor_scaling(out / "scaling", sizes.scaling_cameras, *sizes.scaling_size, repeats=2)

@@ -63,7 +63,7 @@ def measure_overhead(out: Path, overrides: list[str], config: Path = CONFIG) -> 
     wall, _ = run_cli(["run", str(config), f"storage=file://{out}/runs", *overrides])
     conf = load_config(config, [f"storage=file://{out}/runs", *overrides])
     run_url = f"file://{out}/runs/{conf['run_name']}"
-    pairs = read_stage(run_url, "pairs", "pairs")
+    pairs = read_stage(run_url, "pairs")
     unique = set(pairs.column("image0").to_pylist()) | set(pairs.column("image1").to_pylist())
     result = OverheadResult(pairs.num_rows, len(unique), read_commit(run_url, "extract").rows, wall)
     for stage in RAY_STAGES:

@@ -53,11 +53,11 @@ def run_sequential(conf: dict, pairs: pa.Table, threads: int | None = None) -> S
 
     threads = threads or os.cpu_count() or 1
     start = time.perf_counter()
-    extractor = ExtractActor(conf["extract"], "memory://unused", "sequential", conf["data"]["max_image_pixels"])
+    extractor = ExtractActor(conf, "memory://unused", "sequential")
     proposer = build_method(conf, "propose")
     refiner = build_method(conf, "refine")
     refiner_needs_features = getattr(refiner, "needs_features", False)
-    verifier = VerifyActor(conf["verify"])
+    verifier = VerifyActor(conf)
     torch.set_num_threads(threads)  # the stage actors limit themselves to their Ray CPUs; a script does not
     cv2.setNumThreads(threads)
 
@@ -74,7 +74,7 @@ def run_sequential(conf: dict, pairs: pa.Table, threads: int | None = None) -> S
         matches, scores = refiner(np.asarray(matches, np.float32).reshape(-1, 4),
                                   np.asarray(scores, np.float32).reshape(-1), **extra)
         check_matches(matches, scores, "refine")
-        verified = verifier.verify_one({**row, "matches": np.asarray(matches).reshape(-1).tolist()})
+        verified = verifier.verify_one({**row, "matches": np.asarray(matches).reshape(-1, 4)})
         result.num_matches[row["pair_id"]] = len(matches)
         result.num_inliers[row["pair_id"]] = verified["num_inliers"]
     result.seconds = time.perf_counter() - start

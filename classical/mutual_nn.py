@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from matchmill.method_conf import merge_conf
 
 
 class MutualNNMatcher:
@@ -16,7 +17,7 @@ class MutualNNMatcher:
     }
 
     def __init__(self, conf: dict):
-        self.conf = {**self.default_conf, **conf}
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
 
     def __call__(self, desc0: np.ndarray, desc1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Match.
@@ -32,31 +33,47 @@ class MutualNNMatcher:
             raise ValueError(f"descriptor shapes do not match: {desc0.shape} vs {desc1.shape}")
         if len(desc0) == 0 or len(desc1) < 2 and self.conf["ratio"] > 0 or len(desc1) == 0:
             return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
-        d0 = torch.from_numpy(np.ascontiguousarray(desc0, dtype=np.float32))
-        d1 = torch.from_numpy(np.ascontiguousarray(desc1, dtype=np.float32))
-        nn01, sim01, second01 = self._best_two(d0, d1)
-        nn10, _, _ = self._best_two(d1, d0)
-        idx0 = torch.arange(len(d0))
-        keep = nn10[nn01] == idx0
+        d0 = np.ascontiguousarray(desc0, dtype=np.float32)
+        d1 = np.ascontiguousarray(desc1, dtype=np.float32)
+        nn01, sim01, second01, col_best = self._best_two(d0, d1)
+        idx0 = np.arange(len(d0))
+        # mutual: row i's best column j has no better row; ties between rows go to the lowest i
+        keep = sim01 >= col_best[nn01]
+        first = np.zeros(len(d0), bool)
+        _, first_rows = np.unique(nn01[keep], return_index=True)
+        first[idx0[keep][first_rows]] = True
+        keep &= first
         keep &= sim01 >= float(self.conf["min_similarity"])
         ratio = float(self.conf["ratio"])
         if ratio > 0:
             # distances of unit vectors: d = sqrt(2 - 2 s)
-            dist1 = torch.sqrt(torch.clamp(2 - 2 * sim01, min=0))
-            dist2 = torch.sqrt(torch.clamp(2 - 2 * second01, min=0))
+            dist1 = np.sqrt(np.clip(2 - 2 * sim01, 0, None))
+            dist2 = np.sqrt(np.clip(2 - 2 * second01, 0, None))
             keep &= dist1 <= ratio * dist2
-        pairs = torch.stack([idx0[keep], nn01[keep]], dim=1)
-        return pairs.numpy().astype(np.int64), sim01[keep].numpy().astype(np.float32)
+        pairs = np.stack([idx0[keep], nn01[keep]], axis=1)
+        return pairs.astype(np.int64), sim01[keep].astype(np.float32)
 
-    def _best_two(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For each row of ``a``: index of the most similar row of ``b``, its and the runner-up's similarity."""
+    def _best_two(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One pass over the (Na, Nb) similarity matrix, ``chunk`` rows at a time (one matrix product).
+
+        Returns: for each row of ``a`` the index of the most similar row of ``b`` (Na,) (ties: the
+        lowest index), its similarity and the runner-up's (Na,) (-1 when ``b`` has one row); for
+        each row of ``b`` its best similarity to any row of ``a`` (Nb,).
+        """
         chunk = int(self.conf["chunk"])
-        idx, best, second = [], [], []
-        k = min(2, len(b))
-        for start in range(0, len(a), chunk):
-            sim = a[start : start + chunk] @ b.T
-            top = torch.topk(sim, k=k, dim=1)
-            idx.append(top.indices[:, 0])
-            best.append(top.values[:, 0])
-            second.append(top.values[:, 1] if k > 1 else torch.full_like(top.values[:, 0], -1.0))
-        return torch.cat(idx), torch.cat(best), torch.cat(second)
+        n_a = len(a)
+        idx = np.empty(n_a, np.int64)
+        best = np.empty(n_a, np.float32)
+        second = np.full(n_a, -1.0, np.float32)
+        col_best = np.full(len(b), -np.inf, np.float32)
+        for start in range(0, n_a, chunk):
+            sim = a[start: start + chunk] @ b.T  # (n, Nb) float32
+            rows = np.arange(len(sim))
+            top = sim.argmax(axis=1)
+            idx[start: start + len(sim)] = top
+            best[start: start + len(sim)] = sim[rows, top]
+            np.maximum(col_best, sim.max(axis=0), out=col_best)
+            if sim.shape[1] > 1:
+                sim[rows, top] = -np.inf
+                second[start: start + len(sim)] = sim.max(axis=1)
+        return idx, best, second, col_best

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from matchmill.method_conf import merge_conf
+
 
 class SiftExtractor:
     """OpenCV SIFT on a grayscale image.
@@ -21,7 +23,7 @@ class SiftExtractor:
     }
 
     def __init__(self, conf: dict):
-        self.conf = {**self.default_conf, **conf}
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         self.sift = cv2.SIFT_create(
             nfeatures=0,
             nOctaveLayers=int(self.conf["n_octave_layers"]),

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from matchmill.geometry.frames import resize_max, to_original  # noqa: F401 - frame conversions live in geometry/frames.py
 from matchmill.manifests.storage import read_bytes
 
 #: Default pixel limit (w*h) above which an image is refused (decompression-bomb guard).
@@ -65,30 +66,3 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, grayscale: bool 
     if not grayscale:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
-
-
-def resize_max(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, tuple[float, float]]:
-    """Downscale so the longer side is at most ``max_side`` (never upscale).
-
-    Returns:
-        The resized image and (sx, sy) such that original = resized * s (pixel-centre scaling).
-    """
-    h, w = image.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return image, (1.0, 1.0)
-    scale = max_side / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
-    return resized, (w / new_w, h / new_h)
-
-
-def to_original(kpts: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Map (N, 2) pixel coordinates of a resized image back to the original frame.
-
-    Uses the pixel-centre convention: x_orig = (x + 0.5) * s - 0.5.
-    """
-    sx, sy = scale
-    out = np.asarray(kpts, dtype=np.float32).copy()
-    out[:, 0] = (out[:, 0] + 0.5) * sx - 0.5
-    out[:, 1] = (out[:, 1] + 0.5) * sy - 0.5
-    return out

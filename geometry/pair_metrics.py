@@ -45,16 +45,17 @@ from .homography import (
 from .pose import estimate_relative_pose, pose_auc, pose_from_fundamental, relative_pose_error
 from .robust import find_fundamental, find_homography
 
-#: Defaults of ``evaluate_pair``'s ``conf``; one comment per key.
-#: Key names follow the verify section of ``pipeline/config.py``.
+#: Defaults of ``evaluate_pair``'s ``conf``, one comment per key. This is the one definition of
+#: the verify stage's robust-estimation keys (``stages/verify.py`` takes them from here).
 DEFAULT_PAIR_METRICS_CONF: dict[str, float] = {
-    "pose_threshold": 0.5,  # OpenCV essential RANSAC threshold (px), LoFTR protocol
-    "pose_confidence": 0.99999,  # OpenCV essential RANSAC confidence
-    "f_threshold": 1.0,  # pydegensac F inlier threshold (px), used when F is not given
-    "h_threshold": 2.0,  # pydegensac H inlier threshold (px), CAPS/immatch protocol
-    "confidence": 0.9999,  # pydegensac confidence (H and F)
-    "max_iters": 10000,  # pydegensac iteration cap (H and F)
-    "ransac_seed": 0,  # pydegensac seed (-1 = random); 0 = the robust.py default, reruns identical
+    "h_threshold": 2.0,  # pydegensac homography inlier threshold (px), CAPS / immatch protocol
+    "f_threshold": 1.0,  # pydegensac fundamental inlier threshold (px)
+    "confidence": 0.9999,  # pydegensac F confidence
+    "h_confidence": 0.999,  # pydegensac H confidence (CAPS / immatch protocol)
+    "max_iters": 10000,  # RANSAC iteration cap (H and F)
+    "ransac_seed": 0,  # RANSAC seed; fixed so reruns give identical inliers (-1 = random)
+    "pose_threshold": 0.5,  # OpenCV essential-matrix RANSAC threshold (px), LoFTR protocol
+    "pose_confidence": 0.99999,  # OpenCV essential-matrix RANSAC confidence
 }
 
 #: Defaults of ``aggregate_metrics``'s ``conf`` (the metrics section of the pipeline config).
@@ -139,8 +140,10 @@ def image_size(path: str) -> tuple[int, int]:
         return int(im.size[0]), int(im.size[1])
 
 
-def _image0_size(row: Mapping[str, Any]) -> tuple[float, float]:
-    """Size of image 0 in the matches' frame: row width0/height0 if given, else the image file."""
+def _image0_size(row: Mapping[str, Any], given: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Size of image 0 in the matches' frame: ``given``, else row width0/height0, else the image file."""
+    if given is not None:
+        return float(given[0]), float(given[1])
     w, h = _get(row, "width0"), _get(row, "height0")
     if w is not None and h is not None:
         return float(w), float(h)
@@ -193,7 +196,7 @@ def _homography(kpts0, kpts1, H_given, conf) -> np.ndarray | None:
         kpts0,
         kpts1,
         threshold=conf["h_threshold"],
-        confidence=conf["confidence"],
+        confidence=conf["h_confidence"],
         max_iters=conf["max_iters"],
         seed=conf["ransac_seed"],
     )
@@ -220,10 +223,10 @@ def _pose_metrics(kpts0, kpts1, inliers, row, F_given, conf) -> dict[str, float]
     }
 
 
-def _homography_metrics(kpts0, kpts1, row, H_given, conf) -> dict[str, Any]:
+def _homography_metrics(kpts0, kpts1, row, H_given, conf, size0=None) -> dict[str, Any]:
     """Corner error of the estimated H and MMA@1..10 px of all matches."""
     H_gt = _matrix(row, "H_0to1", 3)
-    width, height = _image0_size(row)
+    width, height = _image0_size(row, size0)
     corner = homography_corner_error(_homography(kpts0, kpts1, H_given, conf), H_gt, width, height)
     mma_values = mma(reprojection_errors(kpts0, kpts1, H_gt), MMA_THRESHOLDS)
     return {"corner_error": corner, "mma": [float(v) for v in mma_values]}
@@ -238,6 +241,7 @@ def evaluate_pair(
     *,
     H_est: np.ndarray | None = None,
     F_est: np.ndarray | None = None,
+    image0_size: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """VERIFIED metric columns of one pair.
 
@@ -250,6 +254,8 @@ def evaluate_pair(
         conf: overrides of DEFAULT_PAIR_METRICS_CONF (other keys ignored).
         H_est, F_est: (3, 3) models already estimated by the caller (e.g. the verify stage);
             they win over the row's columns. A given all-zero / non-finite model is a failure.
+        image0_size: (width, height) of image 0 (the verify stage passes the features
+            manifest's); wins over the row's ``width0`` / ``height0`` and the file header.
 
     Returns:
         Dict with exactly METRIC_COLUMNS: errors in degrees / pixels (inf when estimation
@@ -267,7 +273,7 @@ def evaluate_pair(
     if has_pose_gt(row):
         out.update(_pose_metrics(k0, k1, inliers, row, _given_model(F_est, row, "F_est"), conf))
     if has_homography_gt(row):
-        out.update(_homography_metrics(k0, k1, row, _given_model(H_est, row, "H_est"), conf))
+        out.update(_homography_metrics(k0, k1, row, _given_model(H_est, row, "H_est"), conf, image0_size))
     return out
 
 

@@ -108,10 +108,11 @@ def part_name(keys: list[str]) -> str:
     return f"part-{digest}.parquet"
 
 
-def read_stage(run_url: str, stage: str, manifest: str, columns: list[str] | None = None) -> pa.Table:
-    """Concatenate all part files of a stage (validated)."""
+def read_stage(run_url: str, stage: str, manifest: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Concatenate all part files of a stage (validated); the manifest is the stage's own unless given."""
     from .schemas import MANIFESTS
 
+    manifest = manifest or stage
     schema = MANIFESTS[manifest][0]
     tables = [read_manifest(url, manifest, columns) for url in part_files(run_url, stage)]
     if not tables:

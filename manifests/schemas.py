@@ -7,8 +7,12 @@ Conventions shared by all manifests:
 - ``status`` is ``"ok"`` or ``"failed"``; a failed row keeps its key and says why in ``error``.
 - Pixel coordinates are in the *original* image frame (before any resize), x right, y down,
   pixel centres at integer coordinates (OpenCV convention).
-- Small per-pair arrays are flat ``list<float32>`` columns with a documented row length
-  (``matches``: N*4 as x0, y0, x1, y1); large tensors are artifacts referenced by URI.
+- Small per-pair arrays live inline: ``matches`` is ``list<fixed_size_list<float32, 4>>`` (N rows
+  of x0, y0, x1, y1), read zero-copy as an (N, 4) array with :mod:`matchmill.manifests.columns`;
+  ``scores`` / ``inliers`` are N-long lists aligned with it. Large tensors are artifacts
+  referenced by URI.
+- A manifest is named after the stage that writes it (``extract``, ``propose``, ``refine``,
+  ``verify``): one name for the folder, the schema and the config section.
 - Matrices are row-major flat ``list<float64>``: K 9 values, T_0to1 16, H_0to1 9.
   ``T_0to1`` maps camera-0 coordinates to camera-1 coordinates (x1 = R x0 + t);
   ``H_0to1`` maps pixels of image 0 to image 1 (x1 ~ H x0).
@@ -19,13 +23,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Bump when any schema below changes incompatibly; stored in every commit marker.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: stage-named manifests, matches as fixed-size (N, 4) lists
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
 _f64_list = pa.list_(pa.float64())
 _f32_list = pa.list_(pa.float32())
+#: (N, 4) float32 per row: x0, y0, x1, y1 in original pixels.
+MATCHES_TYPE = pa.list_(pa.list_(pa.float32(), 4))
 
 STATUS_FIELDS = [
     pa.field("status", pa.string(), nullable=False),  # "ok" | "failed"
@@ -72,12 +78,12 @@ FEATURES = pa.schema(
         pa.field("seconds", pa.float64()),  # compute time of the extractor call
     ]
     + STATUS_FIELDS,
-    metadata={"manifest": "features"},
+    metadata={"manifest": "extract"},
 )
 
 _MATCH_FIELDS = [
     pa.field("num_matches", pa.int32()),
-    pa.field("matches", _f32_list),  # N*4 flat: x0, y0, x1, y1 (original pixels)
+    pa.field("matches", MATCHES_TYPE),  # (N, 4): x0, y0, x1, y1 (original pixels)
     pa.field("scores", _f32_list),  # N match scores / confidences
 ]
 
@@ -86,11 +92,11 @@ PROPOSALS = pa.schema(
     + _MATCH_FIELDS
     + [pa.field("seconds", pa.float64())]
     + STATUS_FIELDS,
-    metadata={"manifest": "proposals"},
+    metadata={"manifest": "propose"},
 )
 
 #: Same columns as PROPOSALS: refined matches replace the proposals row for row.
-MATCHES = PROPOSALS.with_metadata({"manifest": "matches"})
+MATCHES = PROPOSALS.with_metadata({"manifest": "refine"})
 
 VERIFIED = pa.schema(
     PAIR_FIELDS
@@ -112,7 +118,7 @@ VERIFIED = pa.schema(
         pa.field("seconds", pa.float64()),
     ]
     + STATUS_FIELDS,
-    metadata={"manifest": "verified"},
+    metadata={"manifest": "verify"},
 )
 
 METRICS = pa.schema(
@@ -124,14 +130,14 @@ METRICS = pa.schema(
     metadata={"manifest": "metrics"},
 )
 
-#: Manifest name -> (schema, key column).
+#: Manifest (= stage) name -> (schema, key column).
 MANIFESTS: dict[str, tuple[pa.Schema, str]] = {
     "pairs": (PAIRS, "pair_id"),
     "images": (IMAGES, "image_id"),
-    "features": (FEATURES, "image_id"),
-    "proposals": (PROPOSALS, "pair_id"),
-    "matches": (MATCHES, "pair_id"),
-    "verified": (VERIFIED, "pair_id"),
+    "extract": (FEATURES, "image_id"),
+    "propose": (PROPOSALS, "pair_id"),
+    "refine": (MATCHES, "pair_id"),
+    "verify": (VERIFIED, "pair_id"),
     "metrics": (METRICS, "metric"),
 }
 

@@ -15,6 +15,7 @@ import uuid
 from typing import Iterable
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -123,6 +124,7 @@ def conform(table: pa.Table, schema: pa.Schema, where: str = "table") -> pa.Tabl
         col = table.column(field.name)
         if not col.type.equals(field.type):
             try:
+                col = _nest_flat_lists(col, field.type, f"{where}: column {field.name!r}")
                 col = col.cast(field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                 raise ManifestError(
@@ -132,6 +134,27 @@ def conform(table: pa.Table, schema: pa.Schema, where: str = "table") -> pa.Tabl
             raise ManifestError(f"{where}: column {field.name!r} has {col.null_count} null value(s)")
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _nest_flat_lists(col: pa.ChunkedArray, type_: pa.DataType, where: str) -> pa.ChunkedArray:
+    """A flat ``list<number>`` column (N*k values per row) as ``list<fixed_size_list<number, k>>``
+    when that is the target type (how matches were stored before schema version 2); else as is."""
+    if not (pa.types.is_list(type_) and pa.types.is_fixed_size_list(type_.value_type)):
+        return col
+    if not (pa.types.is_list(col.type) and (pa.types.is_floating(col.type.value_type) or pa.types.is_integer(col.type.value_type))):
+        return col
+    k = type_.value_type.list_size
+    chunks = []
+    for chunk in col.chunks:
+        offsets = chunk.offsets.to_numpy()
+        if np.any((offsets - offsets[0]) % k):
+            raise ManifestError(f"{where}: a row's length is not a multiple of {k}")
+        values = chunk.values.slice(offsets[0], offsets[-1] - offsets[0]).cast(type_.value_type.value_type)
+        nested = pa.FixedSizeListArray.from_arrays(values, k)
+        new_offsets = pa.array((offsets - offsets[0]) // k, pa.int32())
+        chunks.append(pa.ListArray.from_arrays(new_offsets, nested, type=type_,
+                                               mask=chunk.is_null() if chunk.null_count else None))
+    return pa.chunked_array(chunks, type=type_)
 
 
 def schema_of(manifest: str) -> pa.Schema:

@@ -8,7 +8,9 @@ raises :class:`DeviceError` with one line naming what asked, instead of silently
 :func:`autocast` is ``torch.autocast("cuda", dtype=...)`` for ``amp`` = ``"bf16"`` / ``"fp16"`` on a
 CUDA device and a no-op elsewhere (``"none"``, or the CPU, where the nets always run in float32).
 
-Ray is never imported here: a process that has not imported it cannot be a Ray worker.
+Ray is never imported here: a process that has not imported it cannot be a Ray worker. torch is
+imported when a device is chosen, not with this module (config validation reads AMP_CHOICES and
+must not pay torch's import).
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from __future__ import annotations
 import contextlib
 import sys
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = ["AMP_CHOICES", "DeviceError", "autocast", "check_amp", "choose_device", "ray_gpu_ids"]
 
 #: Values of the stage methods' ``amp`` key.
 AMP_CHOICES = ("none", "bf16", "fp16")
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class DeviceError(RuntimeError):
@@ -39,7 +42,7 @@ def ray_gpu_ids() -> list:
     return list(ray.get_gpu_ids())
 
 
-def choose_device(want_gpu: bool | float | None = None, what: str | None = None) -> torch.device:
+def choose_device(want_gpu: bool | float | None = None, what: str | None = None) -> "torch.device":
     """The device for a net of this process.
 
     Args:
@@ -53,6 +56,8 @@ def choose_device(want_gpu: bool | float | None = None, what: str | None = None)
     Raises:
         DeviceError: ``want_gpu`` is truthy and ``torch.cuda.is_available()`` is False.
     """
+    import torch
+
     cuda = torch.cuda.is_available()
     if want_gpu and not cuda:
         asked = what or f"a GPU (want_gpu={want_gpu!r})"
@@ -73,7 +78,7 @@ def check_amp(amp: str) -> str:
     return amp
 
 
-def autocast(device: torch.device, amp: str) -> AbstractContextManager:
+def autocast(device: "torch.device", amp: str) -> AbstractContextManager:
     """Mixed-precision context for a forward pass on ``device``.
 
     Args:
@@ -85,6 +90,8 @@ def autocast(device: torch.device, amp: str) -> AbstractContextManager:
         :func:`contextlib.nullcontext` (float32 as usual).
     """
     check_amp(amp)
+    import torch
+
     if torch.device(device).type != "cuda" or amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=_AMP_DTYPES[amp])
+    return torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])

@@ -139,10 +139,9 @@ def _map_points(points: np.ndarray, scale_xy: Sequence[float]) -> np.ndarray:
 
 def network_size(width: int, height: int, multiple: int = MULTIPLE) -> tuple[int, int]:
     """``(W', H')``: both sides floored to a multiple of ``multiple`` (as the extract stage does)."""
-    w, h = (int(width) // multiple) * multiple, (int(height) // multiple) * multiple
-    if w < 2 * multiple or h < 2 * multiple:
-        raise ValueError(f"image {width}x{height} is too small: need at least {2 * multiple} px per side")
-    return w, h
+    from matchmill.geometry.frames import floor_to_multiple
+
+    return floor_to_multiple(width, height, multiple, what="Patch2Pix training")
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,6 +1,9 @@
-"""Command line: ``matchmill run | status | show | export | demo-data``.
+"""Command line: ``matchmill run | status | show | gc | export | demo-data``.
 
-Config and storage problems stop before any work with one line on stderr and exit code 2.
+Exit codes of ``run``: 0 done; 1 done, but a stage's failed rows exceed ``max_failed_fraction``
+(default 0: any failed row; the rows are kept, ``matchmill show RUN STAGE --failed`` lists them);
+2 config, storage or data-source problem, or committed results of another config in the way
+(stopped before any work; ``--overwrite`` replaces them).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from .config import ConfigError, load_config
 # sets ``func=<callable(args) -> int>`` as the parser default. One line per module.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "matchmill.viz.cli",
-    "matchmill.bench.report_cli",
-    "matchmill.bench.cli",
+    "matchmill.evaluation.report_cli",
+    "matchmill.evaluation.cli",
     "matchmill.training.cli",
 )
 
@@ -34,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. extract.method=sift storage=file:///x")
     run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")
     run.add_argument("--until", default=None, help="stop after this stage commits (e.g. extract)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace stages committed with another config (default: refuse and touch nothing)")
+    # SUPPRESS: unless given here, ``matchmill -v run`` keeps the top-level flag's value
+    run.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="show Ray's own INFO logs too (same as matchmill -v run)")
 
     status = sub.add_parser("status", help="stages of a run (committed or not, rows, failures, metrics) or a training run (step, validation, checkpoints)")
     status.add_argument("run_url")
@@ -43,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("stage")
     show.add_argument("-n", "--rows", type=int, default=10)
     show.add_argument("--failed", action="store_true", help="only failed rows")
+
+    gc = sub.add_parser("gc", help="remove what no committed stage of a run uses (old artifacts, stray temp files)")
+    gc.add_argument("run_url")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument("--partial", action="store_true", help="also remove uncommitted (partial) stages")
 
     export = sub.add_parser("export", help="write a run's verified matches as hloc keypoints.h5 / matches.h5")
     export.add_argument("run_url")
@@ -87,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_demo_data(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "gc":
+            return cmd_gc(args)
         if getattr(args, "func", None) is not None:
             return int(args.func(args))
     except (ConfigError, StorageError, ManifestError, FileNotFoundError, KeyError) as exc:
@@ -109,10 +124,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_pipeline
 
     conf = load_config(args.config, args.overrides)
-    result = run_pipeline(conf, until=args.until, address=args.address)
+    result = run_pipeline(conf, until=args.until, address=args.address, verbose=args.verbose,
+                          overwrite=args.overwrite)
     print(f"run: {result.run_url}")
     if result.metrics:
         print(format_summary(result.metrics))
+    fraction, allowed = result.failed_fraction(), float(conf["max_failed_fraction"])
+    if fraction > allowed:
+        print(f"matchmill: {100 * fraction:.1f}% of a stage's rows failed (max_failed_fraction={allowed:g}); "
+              f"see: matchmill show {result.run_url} <stage> --failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .gc import collect_garbage
+
+    removed, freed = collect_garbage(args.run_url, dry_run=args.dry_run, partial=args.partial)
+    verb = "would remove" if args.dry_run else "removed"
+    for url in removed:
+        print(f"{verb} {url}")
+    print(f"{verb} {len(removed)} item(s), {freed / 2**20:.1f} MiB")
     return 0
 
 

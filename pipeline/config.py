@@ -16,26 +16,19 @@ from typing import Any
 
 import yaml
 
-#: Keys every Ray stage section accepts; they change how a stage runs, never what it computes,
-#: so they are left out of the config hash.
-EXECUTION_DEFAULTS = {
-    "actors": 1,  # actor-pool size (each actor loads its model once)
-    "num_cpus": 1.0,  # CPUs reserved per actor
-    "num_gpus": 0.0,  # GPUs per actor; > 0 fails fast when the cluster has none
-    "batch_size": 4,  # rows per actor call
-    "resources": None,  # custom Ray resources per actor, e.g. {cpu_worker: 1} pins a stage to a worker group
-}
-EXECUTION_KEYS = frozenset(EXECUTION_DEFAULTS)
+from .graph import EXECUTION_DEFAULTS, EXECUTION_KEYS, STAGES  # noqa: F401 - re-exported
 
-DEFAULTS: dict[str, Any] = {
+#: The job's own keys; each stage's section comes from its spec (pipeline/graph.py).
+JOB_DEFAULTS: dict[str, Any] = {
     "storage": "file://./runs",  # where runs live: any fsspec URL (file://, s3://, gs://)
     "run_name": "demo",  # run folder under storage; the run URL is <storage>/<run_name>
     "seed": 0,  # seed for pair sampling and the demo scene
     "part_rows": 64,  # rows per Parquet part file written by Ray stages (resume granularity)
+    "max_failed_fraction": 0.0,  # exit code 1 when a stage's failed rows exceed this fraction (0 = any failure)
     "ray": {
         "address": None,  # None = embedded local Ray; "auto" or ray://host:port joins a cluster
         "num_cpus": None,  # CPUs of the embedded Ray (None = all)
-        "progress_bars": True,  # Ray Data progress bars
+        "progress_bars": True,  # Ray Data progress bars (when stdout is a terminal)
     },
     "data": {
         "source": "demo",  # demo | megadepth | hpatches | oxford | pairs_file
@@ -48,45 +41,29 @@ DEFAULTS: dict[str, Any] = {
         "demo_width": 320,  # demo scene: image width
         "demo_height": 240,  # demo scene: image height
     },
-    "pairs": {},  # filled from matchmill.datasets.megadepth.DEFAULT_CONF
-    "extract": {**EXECUTION_DEFAULTS, "method": "sift", "resize_max": 640},
-    "propose": {**EXECUTION_DEFAULTS, "method": "mnn", "batch_size": 8},
-    "refine": {**EXECUTION_DEFAULTS, "method": "identity", "batch_size": 8},
-    "verify": {
-        **EXECUTION_DEFAULTS,
-        "batch_size": 8,
-        "geometry": "auto",  # auto (H when the pair has H ground truth, else F) | homography | fundamental
-        "h_threshold": 2.0,  # pydegensac homography inlier threshold (px)
-        "f_threshold": 1.0,  # pydegensac fundamental inlier threshold (px)
-        "confidence": 0.9999,  # pydegensac F confidence
-        "h_confidence": 0.999,  # pydegensac H confidence (CAPS / immatch protocol)
-        "ransac_seed": 0,  # pydegensac seed; fixed so reruns give identical inliers (-1 = random)
-        "max_iters": 10000,  # RANSAC iterations
-        "pose_threshold": 0.5,  # OpenCV essential-matrix threshold (px), LoFTR protocol
-        "pose_confidence": 0.99999,  # OpenCV essential-matrix RANSAC confidence
-    },
-    "metrics": {
-        "pose_thresholds": [5, 10, 20],  # AUC thresholds (degrees)
-        "homography_thresholds": [1, 3, 5, 10],  # corner-error accuracy thresholds (px)
-    },
 }
 
-STAGE_SECTIONS_WITH_METHOD = ("extract", "propose", "refine")
+
+def method_sections() -> tuple[str, ...]:
+    """Stages whose section has a ``method`` key (extract, propose, refine)."""
+    return tuple(s.name for s in STAGES if s.has_method)
+
+
+def ray_sections() -> tuple[str, ...]:
+    return tuple(s.name for s in STAGES if s.kind == "ray")
 
 
 class ConfigError(ValueError):
     """The job configuration is invalid; the message names the key."""
 
 
-def _pairs_defaults() -> dict:
-    from matchmill.datasets.megadepth import DEFAULT_CONF
-
-    return copy.deepcopy(DEFAULT_CONF)
-
-
 def default_config() -> dict:
-    conf = copy.deepcopy(DEFAULTS)
-    conf["pairs"] = _pairs_defaults()
+    """Job defaults plus one section per stage that has keys (from the stage specs)."""
+    conf = copy.deepcopy(JOB_DEFAULTS)
+    for spec in STAGES:
+        section = spec.default_section()
+        if section or spec.kind == "ray":
+            conf[spec.name] = section
     return conf
 
 
@@ -154,7 +131,7 @@ def resolve(user: dict) -> dict:
     conf = deep_merge(defaults, user)
     from matchmill.stages.registry import load_method
 
-    for section in STAGE_SECTIONS_WITH_METHOD:
+    for section in method_sections():
         method = conf[section]["method"]
         try:
             cls = load_method(section, method)
@@ -188,7 +165,7 @@ def _check_keys(user: dict, defaults: dict, prefix: str, method_known: bool = Fa
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(user).__name__}")
     for key, value in user.items():
         if key not in defaults:
-            if prefix.rstrip(".") in STAGE_SECTIONS_WITH_METHOD and not method_known:
+            if prefix.rstrip(".") in method_sections() and not method_known:
                 continue  # method keys are checked once the method is known
             known = ", ".join(sorted(defaults))
             raise ConfigError(f"{prefix}{key}: unknown config key (known here: {known})")
@@ -221,7 +198,7 @@ def _check_types(conf: dict, defaults: dict, prefix: str) -> None:
             raise ConfigError(
                 f"{prefix}{key}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})"
             )
-    for section in STAGE_SECTIONS_WITH_METHOD:
+    for section in method_sections():
         if prefix == "" and section in conf:
             from matchmill.stages.registry import method_defaults
 
@@ -244,13 +221,15 @@ def _check_values(conf: dict) -> None:
         raise ConfigError("data.pairs_file: required for data.source=pairs_file")
     if conf["verify"]["geometry"] not in ("auto", "homography", "fundamental"):
         raise ConfigError(f"verify.geometry: {conf['verify']['geometry']!r} is not auto|homography|fundamental")
-    for section in STAGE_SECTIONS_WITH_METHOD:
+    for section in method_sections():
         if "amp" in conf[section]:
             from matchmill.models.device import AMP_CHOICES
 
             if conf[section]["amp"] not in AMP_CHOICES:
                 raise ConfigError(f"{section}.amp: {conf[section]['amp']!r} is not one of {'|'.join(AMP_CHOICES)}")
-    for section in ("extract", "propose", "refine", "verify"):
+    if not 0.0 <= float(conf["max_failed_fraction"]) <= 1.0:
+        raise ConfigError(f"max_failed_fraction: must be in [0, 1], got {conf['max_failed_fraction']}")
+    for section in ray_sections():
         sec = conf[section]
         if sec["actors"] < 1:
             raise ConfigError(f"{section}.actors: must be >= 1, got {sec['actors']}")

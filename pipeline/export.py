@@ -233,7 +233,9 @@ def _load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) 
     pairs: list[_Pair] = []
     seen: dict[str, str] = {}
     cols = {name: table.column(name).to_pylist() for name in columns if name not in ("status", "matches")}
-    matches_col = table.column("matches")
+    from matchmill.manifests.columns import matches_rows
+
+    matches_col = matches_rows(table.column("matches"))
     for r in range(table.num_rows):
         pair_id, image0, image1 = cols["pair_id"][r], cols["image0"][r], cols["image1"][r]
         key = names_to_pair(image0, image1)
@@ -243,11 +245,7 @@ def _load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) 
                 f"hloc key {key!r} (duplicate pair, or image ids differing only in '/' vs '-')"
             )
         seen[key] = pair_id
-        flat = matches_col[r].values
-        matches = np.zeros((0, 4)) if flat is None else np.asarray(flat.to_numpy(zero_copy_only=False), np.float64)
-        if matches.size % 4:
-            raise ExportError(f"pair {pair_id!r}: matches has {matches.size} values, not a multiple of 4")
-        matches = matches.reshape(-1, 4)
+        matches = np.zeros((0, 4)) if matches_col[r] is None else np.asarray(matches_col[r], np.float64)
         n = len(matches)
         raw_scores = cols["scores"][r]
         scores = np.ones(n) if raw_scores is None else np.asarray(raw_scores, np.float64)

@@ -1,7 +1,8 @@
 """The same stage code as a Ray run, called in a plain in-process loop (no Ray).
 
 Used by the tests on reference data and by the overhead benchmark, which compares a Ray run's
-wall time with the summed compute time of exactly these calls.
+wall time with the summed compute time of exactly these calls. It iterates the stage specs
+(pipeline/graph.py) like the Ray runner does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pyarrow as pa
 
 from matchmill.manifests.storage import join, write_manifest
 
+from .graph import STAGES
 from .runner import stage_hashes
 
 
@@ -26,38 +28,24 @@ class InProcessResult:
 def run_inprocess(conf: dict, run_url: str, pairs: pa.Table | None = None) -> InProcessResult:
     """Run pairs -> images -> extract -> propose -> refine -> verify sequentially in this process.
 
-    Feature artifacts and the features manifest are written under ``run_url`` exactly as the
-    Ray stage writes them (the propose actor reads them back the same way).
+    Each Ray stage's output is written under ``run_url`` as one part file, exactly where the Ray
+    run writes its parts (pair stages read the extract manifest and artifacts back the same way).
     """
-    from matchmill.stages.extract import ExtractActor
     from matchmill.stages.images import unique_images
     from matchmill.stages.pairs import build_pairs
-    from matchmill.stages.propose import ProposeActor
-    from matchmill.stages.refine import RefineActor
-    from matchmill.stages.verify import VerifyActor
 
     out = InProcessResult()
     hashes = stage_hashes(conf)
     pairs = build_pairs(conf) if pairs is None else pairs
-    images = unique_images(pairs)
-    out.tables.update(pairs=pairs, images=images)
-
-    start = time.perf_counter()
-    extractor = ExtractActor(conf["extract"], run_url, hashes["extract"], conf["data"]["max_image_pixels"])
-    features = extractor(images)
-    out.seconds["extract"] = time.perf_counter() - start
-    out.extract_calls = images.num_rows
-    write_manifest(features, join(run_url, "extract", "part-00000.parquet"), "features")
-    out.tables["extract"] = features
-
-    table = pairs
-    for name, make in (
-        ("propose", lambda: ProposeActor(conf["propose"], run_url)),
-        ("refine", lambda: RefineActor(conf["refine"], run_url)),
-        ("verify", lambda: VerifyActor(conf["verify"])),
-    ):
+    out.tables.update(pairs=pairs, images=unique_images(pairs))
+    for spec in STAGES:
+        if spec.kind != "ray":
+            continue
+        actor = spec.load()(conf, run_url, hashes[spec.name])
         start = time.perf_counter()
-        table = make()(table)
-        out.seconds[name] = time.perf_counter() - start
-        out.tables[name] = table
+        table = actor(out.tables[spec.input])
+        out.seconds[spec.name] = time.perf_counter() - start
+        out.tables[spec.name] = table
+        write_manifest(table, join(run_url, spec.name, "part-00000.parquet"), spec.manifest)
+    out.extract_calls = out.tables["images"].num_rows
     return out

@@ -1,14 +1,21 @@
-"""Run a job: walk the stage graph, skip committed stages, resume partial ones, commit each.
+"""Run a job: walk the stage specs, skip committed stages, resume partial ones, commit each.
 
 Rerun = resume:
 - a stage committed with the same config hash is skipped;
 - an uncommitted stage with the same hash redoes only the keys its complete parts lack;
-- a stage whose hash changed (its config or anything upstream changed) is cleared and redone.
+- a stage committed with another config is never replaced silently: the run stops before
+  touching anything and names the stages and the keys that changed; ``overwrite=True``
+  (``matchmill run --overwrite``) replaces them. Uncommitted parts of another config are cleared.
+
+Everything is validated (config, storage, the data source, what would be replaced) before the
+first write. Ray starts while the driver stages (pairs, images) run. extract runs as its own
+Ray Data execution (a barrier); propose -> refine -> verify stream as one (see executor.py).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,14 +39,13 @@ from matchmill.manifests.schemas import SCHEMA_VERSION
 from matchmill.manifests.storage import (
     check_writable,
     join,
-    read_manifest,
     remove_tree,
     schema_of,
     url_to_fs,
     write_manifest,
 )
 
-from .config import ConfigError, run_url, stage_hash
+from .config import EXECUTION_KEYS, ConfigError, run_url, stage_hash
 from .graph import STAGE_NAMES, STAGES, StageSpec, section_value
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,7 @@ class StageReport:
     computed: int  # rows computed in this run
     seconds: float
     config_hash: str
+    streamed_with: tuple[str, ...] = ()  # the stages that shared this stage's execution (and time)
 
 
 @dataclass
@@ -66,12 +73,27 @@ class RunResult:
     stages: list[StageReport] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
 
+    def failed_fraction(self) -> float:
+        """Largest fraction of failed rows over the stages of this run (0 when none)."""
+        return max((r.failed / r.rows for r in self.stages if r.rows and r.stage != "metrics"), default=0.0)
+
+
+def stage_config(conf: dict, spec: StageSpec) -> list:
+    """What a stage computes from: its config sections, execution keys removed."""
+    parts = []
+    for dotted in spec.sections:
+        value = section_value(conf, dotted)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in EXECUTION_KEYS}
+        parts.append(value)
+    return parts
+
 
 def stage_hashes(conf: dict) -> dict[str, str]:
     """Config hash of every stage; each includes the hashes of the stages it depends on."""
     hashes: dict[str, str] = {}
     for spec in STAGES:
-        parts = [spec.name] + [section_value(conf, s) for s in spec.sections]
+        parts = [spec.name] + stage_config(conf, spec)
         upstream = "|".join(hashes[d] for d in spec.depends)
         hashes[spec.name] = stage_hash(parts, upstream or None)
     return hashes
@@ -90,27 +112,134 @@ def check_storage(conf: dict) -> str:
     return url
 
 
-def run_pipeline(conf: dict, until: str | None = None, address: str | None = None, echo=print) -> RunResult:
+# --------------------------------------------------------------------------- planning (no writes)
+
+
+@dataclass
+class StageState:
+    spec: StageSpec
+    config_hash: str
+    action: str  # skip | run | replace (committed with another config) | clear (partial of another config)
+    commit: CommitInfo | None
+
+
+def plan_stages(conf: dict, url: str, hashes: dict[str, str], specs: list[StageSpec], overwrite: bool) -> list[StageState]:
+    """Decide what each stage does, reading only markers; raise before anything is written when a
+    committed stage would be replaced without ``overwrite``."""
+    states, replaced = [], []
+    for spec in specs:
+        h = hashes[spec.name]
+        commit = read_commit(url, spec.name)
+        if commit and commit.config_hash == h and commit.schema_version == SCHEMA_VERSION:
+            states.append(StageState(spec, h, "skip", commit))
+            continue
+        if commit is not None:
+            replaced.append((spec, commit))
+            states.append(StageState(spec, h, "replace", commit))
+            continue
+        started = read_started(url, spec.name)
+        states.append(StageState(spec, h, "clear" if started not in (None, h) else "run", None))
+    if replaced and not overwrite:
+        raise ConfigError(describe_replacement(conf, replaced, url))
+    return states
+
+
+def describe_replacement(conf: dict, replaced: list[tuple[StageSpec, CommitInfo]], url: str) -> str:
+    names = ", ".join(s.name for s, _ in replaced)
+    changed: list[str] = []
+    for spec, commit in replaced:
+        if commit.schema_version != SCHEMA_VERSION:
+            changed.append(f"{spec.name}: written with schema version {commit.schema_version}, now {SCHEMA_VERSION}")
+            continue
+        old = commit.extra.get("config")
+        if old is None:
+            continue
+        new = stage_config(conf, spec)
+        for dotted, a, b in zip(spec.sections, old, _jsonable(new)):
+            changed += [f"{dotted}{k}" for k in _diff_keys(a, b)]
+    what = f" (changed: {', '.join(dict.fromkeys(changed))})" if changed else " (its config or an upstream stage's changed)"
+    return (f"run {url} has committed results of another config for {names}{what}; nothing was touched. "
+            f"Rerun with --overwrite to replace them, or use another run_name")
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}")
+        return out
+    return [] if a == b else [prefix]
+
+
+def preflight(conf: dict, states: list[StageState]) -> None:
+    """Checks that need the data source, done before anything is written."""
+    if any(s.spec.name == "pairs" and s.action != "skip" for s in states):
+        from matchmill.stages.pairs import check_source
+
+        check_source(conf)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_pipeline(conf: dict, until: str | None = None, address: str | None = None, echo=print,
+                 overwrite: bool = False, verbose: bool = False) -> RunResult:
     """Run (or resume) the whole job described by a validated config."""
     if until is not None and until not in STAGE_NAMES:
         raise ConfigError(f"--until: unknown stage {until!r}; stages: {', '.join(STAGE_NAMES)}")
     url = check_storage(conf)
     hashes = stage_hashes(conf)
+    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
+    specs = list(STAGES[: last + 1])
+    states = plan_stages(conf, url, hashes, specs, overwrite)
+    preflight(conf, states)
     result = RunResult(run_url=url)
-    ray_started = False
-    for spec in STAGES:
-        if spec.kind == "ray" and not ray_started:
-            from .runtime import init_ray
+    needs_ray = any(s.spec.kind == "ray" and s.action != "skip" for s in states)
+    groups = group_states(states)
+    i = 0
+    # Ray starts in this (main) thread while a helper thread runs the driver stages before extract
+    if needs_ray and groups and groups[0][0].spec.kind == "driver":
+        lead = []
+        while i < len(groups) and groups[i][0].spec.kind == "driver":
+            lead.append(groups[i])
+            i += 1
+        reports: list = []
+        errors: list = []
 
-            init_ray(conf, address)
-            ray_started = True
-        report = run_stage(spec, conf, url, hashes[spec.name])
+        def run_lead() -> None:
+            try:
+                for group in lead:
+                    reports.append(run_driver(group[0], conf, url))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run_lead, name="matchmill-driver-stages")
+        worker.start()
+        try:
+            _start_ray(conf, address, verbose)
+        finally:
+            worker.join()
+        if errors:
+            raise errors[0]
+        for report in reports:
+            _report(result, report, echo)
+    elif needs_ray:
+        _start_ray(conf, address, verbose)
+    for group in groups[i:]:
+        if group[0].spec.kind == "driver":
+            _report(result, run_driver(group[0], conf, url), echo)
+        else:
+            for report in run_ray_group(group, conf, url, echo):
+                _report(result, report, echo)
         pa.default_memory_pool().release_unused()  # hand a stage's transient Arrow buffers back to the OS
-        result.stages.append(report)
-        echo(format_report(report))
-        if spec.name == until:
-            echo(f"stopped after {until} (--until)")
-            break
+    if until is not None and until != STAGE_NAMES[-1]:
+        echo(f"stopped after {until} (--until)")
     if until is None or until == "metrics":
         from matchmill.stages.metrics import read_summary
 
@@ -118,41 +247,76 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
     return result
 
 
+def _start_ray(conf: dict, address: str | None, verbose: bool) -> None:
+    from .runtime import init_ray
+
+    init_ray(conf, address, verbose=verbose)
+
+
+def _report(result: RunResult, report: StageReport, echo) -> None:
+    result.stages.append(report)
+    echo(format_report(report))
+
+
+def group_states(states: list[StageState]) -> list[list[StageState]]:
+    """Driver stages alone; extract alone (a barrier); consecutive streamed stages together."""
+    groups: list[list[StageState]] = []
+    for state in states:
+        if state.spec.streamed and groups and groups[-1][-1].spec.streamed:
+            groups[-1].append(state)
+        else:
+            groups.append([state])
+    return groups
+
+
 def format_report(r: StageReport) -> str:
-    return (
+    line = (
         f"[{r.stage:>8}] {r.action:<8} rows={r.rows:<6} failed={r.failed:<5} "
         f"computed={r.computed:<6} time={r.seconds:7.2f}s  hash={r.config_hash[:10]}"
     )
+    if r.streamed_with:
+        line += f"  (streamed with {', '.join(r.streamed_with)})"
+    return line
 
 
-def run_stage(spec: StageSpec, conf: dict, url: str, config_hash: str) -> StageReport:
-    commit = read_commit(url, spec.name)
-    if commit and commit.config_hash == config_hash and commit.schema_version == SCHEMA_VERSION:
-        return StageReport(spec.name, "skipped", commit.rows, commit.failed, 0, 0.0, config_hash)
-    started = read_started(url, spec.name)
-    if commit is not None or (started is not None and started != config_hash):
-        log.warning("stage %s: config changed, clearing its previous results", spec.name)
-        reset_stage(url, spec.name)
-        started = None
-    write_started(url, spec.name, config_hash)
-    start = time.perf_counter()
-    if spec.kind == "driver":
-        computed = run_driver_stage(spec, conf, url, config_hash)
-        action = "ran"
-    else:
-        computed, resumed = run_distributed_stage(spec, conf, url, config_hash)
-        action = "resumed" if resumed else "ran"
-    seconds = time.perf_counter() - start
+def _prepare(state: StageState, url: str) -> None:
+    """Clear what the plan said to clear, then mark the attempt as started."""
+    if state.action in ("replace", "clear"):
+        log.warning("stage %s: %s", state.spec.name,
+                    "replacing the results of another config (--overwrite)" if state.action == "replace"
+                    else "clearing uncommitted parts of another config")
+        reset_stage(url, state.spec.name)
+    write_started(url, state.spec.name, state.config_hash)
+
+
+def _commit(state: StageState, conf: dict, url: str, seconds: float) -> tuple[int, int]:
+    spec = state.spec
     rows, failed = count_rows(url, spec)
-    write_commit(url, CommitInfo(spec.name, spec.manifest, config_hash, rows, failed, seconds=seconds))
-    return StageReport(spec.name, action, rows, failed, computed, seconds, config_hash)
+    write_commit(url, CommitInfo(spec.name, spec.manifest, state.config_hash, rows, failed, seconds=seconds,
+                                 extra={"config": _jsonable(stage_config(conf, spec))}))
+    return rows, failed
+
+
+def run_driver(state: StageState, conf: dict, url: str) -> StageReport:
+    """pairs / images / metrics: cheap, computed in-process; tables are streamed into parts."""
+    spec = state.spec
+    if state.action == "skip":
+        return StageReport(spec.name, "skipped", state.commit.rows, state.commit.failed, 0, 0.0, state.config_hash)
+    start = time.perf_counter()
+    _prepare(state, url)
+    for part in part_files(url, spec.name):
+        remove_tree(part)
+    computed = write_in_parts(spec.load()(conf, url), url, spec)
+    seconds = time.perf_counter() - start
+    rows, failed = _commit(state, conf, url, seconds)
+    return StageReport(spec.name, "ran", rows, failed, computed, seconds, state.config_hash)
 
 
 def count_rows(url: str, spec: StageSpec) -> tuple[int, int]:
     if spec.manifest == "metrics":
-        table = read_stage(url, spec.name, spec.manifest, columns=["metric"])
+        table = read_stage(url, spec.name, columns=["metric"])
         return table.num_rows, 0
-    table = read_stage(url, spec.name, spec.manifest, columns=["status"])
+    table = read_stage(url, spec.name, columns=["status"])
     failed = int(pc.sum(pc.equal(table.column("status"), "failed")).as_py() or 0)
     return table.num_rows, failed
 
@@ -183,91 +347,108 @@ def write_in_parts(tables: pa.Table | Iterable[pa.Table], url: str, spec: StageS
     return total
 
 
-def run_driver_stage(spec: StageSpec, conf: dict, url: str, config_hash: str) -> int:
-    """pairs / images / metrics: cheap, computed in-process; pairs are streamed into parts."""
-    for part in part_files(url, spec.name):
-        remove_tree(part)
-    if spec.name == "pairs":
-        from matchmill.stages.pairs import iter_pair_tables
-
-        return write_in_parts(iter_pair_tables(conf), url, spec)
-    elif spec.name == "images":
-        from matchmill.stages.images import IMAGE_SOURCE_COLUMNS, unique_images
-
-        # one pairs part at a time: the driver holds the unique images, never every pair
-        table = unique_images(read_manifest(part, "pairs", IMAGE_SOURCE_COLUMNS) for part in part_files(url, "pairs"))
-    elif spec.name == "metrics":
-        from matchmill.stages.metrics import compute_metrics
-
-        table = compute_metrics(url, conf)
-    else:  # pragma: no cover - graph and code out of sync
-        raise RuntimeError(f"no driver implementation for stage {spec.name}")
-    return write_in_parts(table, url, spec)
-
-
-def actor_for(spec: StageSpec, conf: dict, url: str, config_hash: str) -> tuple[type, dict]:
-    section = conf[spec.name]
-    if spec.name == "extract":
-        from matchmill.stages.extract import ExtractActor
-
-        return ExtractActor, {
-            "conf": section,
-            "run_url": url,
-            "config_hash": config_hash,
-            "max_image_pixels": conf["data"]["max_image_pixels"],
-        }
-    if spec.name == "propose":
-        from matchmill.stages.propose import ProposeActor
-
-        return ProposeActor, {"conf": section, "run_url": url}
-    if spec.name == "refine":
-        from matchmill.stages.refine import RefineActor
-
-        return RefineActor, {"conf": section, "run_url": url}
-    if spec.name == "verify":
-        from matchmill.stages.verify import VerifyActor
-
-        return VerifyActor, {"conf": section}
-    raise RuntimeError(f"no actor for stage {spec.name}")  # pragma: no cover
-
-
-def run_distributed_stage(spec: StageSpec, conf: dict, url: str, config_hash: str) -> tuple[int, bool]:
-    """Map the stage's actor pool over the input rows it has not written yet."""
-    from .ray_stage import run_ray_stage
-
-    done, broken = committed_keys(url, spec.name, spec.manifest, spec.key)
-    for part in broken:
-        log.warning("stage %s: removing unreadable part %s (its rows are redone)", spec.name, part)
-        remove_tree(part)
-    inputs = part_files(url, spec.input)
-    todo = count_todo(url, spec, done)
-    if not inputs or todo <= 0:
-        return 0, bool(done)
-    actor_cls, kwargs = actor_for(spec, conf, url, config_hash)
-    counters = run_ray_stage(
-        inputs,
-        actor_cls,
-        kwargs,
-        conf[spec.name],
-        stage_url(url, spec.name),
-        spec.manifest,
-        get_manifest(spec.input),
-        spec.key,
-        sorted(done),
-        conf["part_rows"],
-    )
-    return sum(int(c["rows"]) for c in counters), bool(done)
-
-
-def count_todo(url: str, spec: StageSpec, done: set[str]) -> int:
-    """Input rows whose key is not in ``done``, counted in Arrow (no Python object per row)."""
-    keys = read_stage(url, spec.input, get_manifest(spec.input), columns=[spec.key]).column(spec.key)
-    if not done:
-        return len(keys)
-    return len(keys) - int(pc.sum(pc.is_in(keys, value_set=pa.array(sorted(done), pa.string()))).as_py() or 0)
-
-
-def get_manifest(stage: str) -> str:
+def stage_keys(url: str, stage: str) -> pa.Array:
+    """All keys of a stage's parts (one Arrow string array)."""
     from .graph import get_stage
 
-    return get_stage(stage).manifest
+    spec = get_stage(stage)
+    return read_stage(url, stage, columns=[spec.key]).column(spec.key).combine_chunks()
+
+
+def run_ray_group(group: list[StageState], conf: dict, url: str, echo) -> list[StageReport]:
+    """Run a segment of Ray stages (extract alone, or the streamed stages) and commit each."""
+    from .executor import SegmentInput, StagePlan, describe_fit, fit_reservations, run_segment
+
+    todo = [s for s in group if s.action != "skip"]
+    reports: dict[str, StageReport] = {}
+    for s in group:
+        if s.action == "skip":
+            reports[s.spec.name] = StageReport(s.spec.name, "skipped", s.commit.rows, s.commit.failed, 0, 0.0, s.config_hash)
+    if not todo:
+        return [reports[s.spec.name] for s in group]
+    # the segment starts at the first stage to run; stages before it in the group are committed
+    todo = group[group.index(todo[0]):]
+    done: dict[str, set[str]] = {}
+    for state in todo:
+        if state.action == "skip":  # committed, after a stage that runs: it takes no new rows
+            done[state.spec.name] = set(stage_keys(url, state.spec.name).to_pylist())
+            continue
+        _prepare(state, url)
+        keys, broken = committed_keys(url, state.spec.name, state.spec.manifest, state.spec.key)
+        for part in broken:
+            log.warning("stage %s: removing unreadable part %s (its rows are redone)", state.spec.name, part)
+            remove_tree(part)
+        done[state.spec.name] = keys
+    first = todo[0].spec
+    d0 = done[first.name]
+    inputs = [SegmentInput(0, first.input, part_files(url, first.input), drop=sorted(d0) or None)]
+    entered: list[set[str]] = [set()]  # keys entering at each position > 0 (position 0: all but d0)
+    present = set(d0)  # keys that have not entered yet
+    total = count_input_rows(url, first.input) - len(d0)
+    computed = {first.name: total}
+    for pos in range(1, len(todo)):
+        name, prev = todo[pos].spec.name, todo[pos - 1].spec.name
+        present &= done[prev]
+        enter = present - done[name]
+        present -= enter
+        entered.append(enter)
+        if enter:
+            inputs.append(SegmentInput(pos, prev, part_files(url, prev), keep=sorted(enter)))
+        total += len(enter)
+        computed[name] = total
+    cluster_cpus = _cluster_cpus()
+    specs = [s.spec for s in todo]
+    stateless = frozenset(s.name for s in specs if _stateless(s, conf))
+    cpus = fit_reservations(specs, conf, cluster_cpus, stateless)
+    note = describe_fit(specs, conf, cpus, cluster_cpus, stateless)
+    if note:
+        echo(note)
+    plans = []
+    for pos, state in enumerate(todo):
+        name = state.spec.name
+        d = done[name]
+        # keys entering earlier that this stage already has: written once, never twice
+        skip = (d - d0) if pos else set()
+        for j in range(1, pos):
+            skip |= d & entered[j]
+        plans.append(StagePlan(state.spec, pos, stage_url(url, name), state.config_hash, sorted(skip), cpus[name],
+                               stateless=name in stateless))
+    start = time.perf_counter()
+    if computed[todo[-1].spec.name]:
+        run_segment(plans, inputs, conf, url)
+    seconds = time.perf_counter() - start
+    names = tuple(s.spec.name for s in todo)
+    for state in todo:
+        name = state.spec.name
+        rows, failed = _commit(state, conf, url, seconds)
+        action = "resumed" if done[name] else "ran"
+        others = tuple(n for n in names if n != name) if len(names) > 1 else ()
+        reports[name] = StageReport(name, action, rows, failed, computed[name], seconds, state.config_hash, others)
+    return [reports[s.spec.name] for s in group]
+
+
+def count_input_rows(url: str, stage: str) -> int:
+    """Rows of a stage's parts, from the Parquet footers."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for part in part_files(url, stage):
+        fs, path = url_to_fs(part)
+        with fs.open(path, "rb") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def _stateless(spec: StageSpec, conf: dict) -> bool:
+    """A stage whose method loads nothing (``identity = True``) runs in zero-CPU tasks, not a pool."""
+    if "method" not in conf.get(spec.name, {}):
+        return False
+    from matchmill.stages.registry import load_method
+
+    return bool(getattr(load_method(spec.name, conf[spec.name]["method"]), "identity", False))
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0))

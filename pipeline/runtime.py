@@ -8,7 +8,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-RAY_STAGES = ("extract", "propose", "refine", "verify")
+from .graph import RAY_STAGES  # noqa: E402
 
 #: Seconds a run that joins a cluster waits for the GPUs / custom resources it needs to register.
 CLUSTER_WAIT_SECONDS = 120.0
@@ -18,26 +18,38 @@ class ResourceError(RuntimeError):
     """The cluster cannot provide what the config asks for (e.g. GPUs on a CPU-only machine)."""
 
 
-def init_ray(conf: dict, address: str | None = None) -> None:
-    """Start or join Ray once per process; configure Ray Data's progress output."""
+def init_ray(conf: dict, address: str | None = None, verbose: bool = False) -> None:
+    """Start or join Ray once per process; configure Ray Data's progress output.
+
+    Ray's INFO chatter (Python loggers, Ray Data's console handler, the driver's C++ advice lines)
+    stays off the console unless ``verbose``; see :mod:`matchmill.pipeline.console`. Progress bars
+    show only on a terminal, when ``ray.progress_bars`` is true and ``RAY_DATA_DISABLE_PROGRESS_BARS``
+    is not set.
+    """
     import ray
     from ray.data import DataContext
 
+    from .console import configure_console, progress_bars_wanted, quiet_driver_backend
+
+    configure_console(verbose)  # before ray.init: it logs the token-auth notice
+    level = logging.INFO if verbose else logging.WARNING
     address = address or conf["ray"]["address"] or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-        else:
-            ray.init(
-                num_cpus=conf["ray"]["num_cpus"],
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=True,
-                configure_logging=True,
-            )
+        with quiet_driver_backend(verbose):
+            if address:
+                ray.init(address=address, logging_level=level, log_to_driver=True)
+            else:
+                ray.init(
+                    num_cpus=conf["ray"]["num_cpus"],
+                    include_dashboard=False,
+                    logging_level=level,
+                    log_to_driver=True,
+                    configure_logging=True,
+                )
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = bool(conf["ray"]["progress_bars"])
-    ctx.enable_operator_progress_bars = bool(conf["ray"]["progress_bars"])
+    bars = progress_bars_wanted(conf)
+    ctx.enable_progress_bars = bars
+    ctx.enable_operator_progress_bars = bars
     # on a cluster, workers may still be registering when the job starts (e.g. a fresh RayJob)
     check_resources(conf, wait_seconds=CLUSTER_WAIT_SECONDS if address else 0.0)
 

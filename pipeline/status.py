@@ -39,20 +39,52 @@ def run_status(run_url: str) -> str:
 
 
 def show_stage(run_url: str, stage: str, rows: int = 10, failed_only: bool = False) -> str:
+    """The first ``rows`` rows of a stage's manifest as a table. With ``failed_only``: the failed
+    rows, each one's key and full error text first (one ``key  error`` line per row), then the table."""
     spec = get_stage(stage)
     table = read_stage(run_url, spec.name, spec.manifest)
     if table.num_rows == 0:
         return f"{stage}: no rows"
+    head: list[str] = []
     if failed_only and "status" in table.column_names:
         import pyarrow.compute as pc
 
+        total = table.num_rows
         table = table.filter(pc.equal(table.column("status"), "failed"))
+        if table.num_rows == 0:
+            return f"{stage}: no failed rows ({total} rows)"
+        head = _error_lines(table.slice(0, rows), _key_column(spec, table))
+        if table.num_rows > rows:
+            head.append(f"... {table.num_rows - rows} more failed rows (-n {table.num_rows} shows all)")
+        head.append("")
+        title = f"{stage}: {table.num_rows} failed of {total} rows"
+    else:
+        title = f"{stage}: {table.num_rows} rows"
     df = table.slice(0, rows).to_pandas()
     for col in df.columns:
         if df[col].dtype == object:
             df[col] = df[col].map(_short)
     with pd.option_context("display.max_columns", 30, "display.width", 200, "display.max_colwidth", 60):
-        return f"{stage}: {table.num_rows} rows\n{df.to_string(index=False)}"
+        return "\n".join([*head, title, df.to_string(index=False)])
+
+
+def _key_column(spec, table) -> str | None:
+    for name in (getattr(spec, "key", None), "pair_id", "image_id"):
+        if name and name in table.column_names:
+            return name
+    return None
+
+
+def _error_lines(table, key: str | None) -> list[str]:
+    """``key  error`` per row, the error in full (continuation lines indented under it)."""
+    keys = table.column(key).to_pylist() if key else [str(i) for i in range(table.num_rows)]
+    errors = table.column("error").to_pylist() if "error" in table.column_names else [None] * table.num_rows
+    width = max((len(str(k)) for k in keys), default=0)
+    lines = []
+    for k, error in zip(keys, errors):
+        text = (error or "(no error text)").rstrip("\n").replace("\n", "\n" + " " * (width + 2))
+        lines.append(f"{str(k):<{width}}  {text}")
+    return lines
 
 
 def _short(value):

@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported where a method runs, not at config time
+    import torch
 
 from matchmill.models.device import choose_device
 
@@ -23,6 +26,21 @@ def method_device(conf: Mapping, stage: str) -> torch.device:
     """
     num_gpus = float(conf.get("num_gpus", 0) or 0)
     return choose_device(want_gpu=num_gpus > 0, what=f"{stage}.num_gpus={num_gpus:g}")
+
+
+def no_grad(fn):
+    """``torch.no_grad()`` as a decorator that imports torch when the method runs (a config check
+    that reads a method's ``default_conf`` never imports torch)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

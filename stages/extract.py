@@ -7,12 +7,13 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from matchmill.datasets.image_io import load_image, resize_max, to_original
+from matchmill.datasets.image_io import load_image
+from matchmill.geometry.frames import resize_max, to_original
 from matchmill.manifests.artifacts import artifact_url, write_artifact
 from matchmill.manifests.schemas import FEATURES
 
 from .registry import build_method
-from .rows import process_rows
+from .rows import Row, process_rows
 from .threads import limit_threads
 
 #: Stage-level keys of the ``extract`` section (besides the execution keys and the method's own).
@@ -25,19 +26,20 @@ STAGE_DEFAULTS = {
 class ExtractActor:
     """Ray Data callable class: loads the extractor once, then maps image rows to feature rows."""
 
-    def __init__(self, conf: dict, run_url: str, config_hash: str, max_image_pixels: int):
-        limit_threads(conf.get("num_cpus", 1))
-        self.method_name = conf["method"]
-        self.extractor = build_method("extract", conf)
-        self.resize_max = conf.get("resize_max")
+    def __init__(self, conf: dict, run_url: str, config_hash: str):
+        section = conf["extract"]
+        limit_threads(section["num_cpus"])
+        self.method_name = section["method"]
+        self.extractor = build_method("extract", section)
+        self.resize_max = section.get("resize_max")
         self.run_url = run_url
         self.config_hash = config_hash
-        self.max_image_pixels = max_image_pixels
+        self.max_image_pixels = conf["data"]["max_image_pixels"]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return process_rows(batch, self.extract_one, FEATURES, stage="extract", key="image_id")
 
-    def extract_one(self, row: dict) -> dict:
+    def extract_one(self, row: Row) -> dict:
         tensors, seconds = self.compute(row)
         width, height = (int(v) for v in tensors["image_size"])
         url = artifact_url(self.run_url, self.config_hash, row["image_id"])
@@ -51,7 +53,7 @@ class ExtractActor:
             "seconds": seconds,
         }
 
-    def compute(self, row: dict) -> tuple[dict[str, np.ndarray], float]:
+    def compute(self, row) -> tuple[dict[str, np.ndarray], float]:
         """The feature tensors of one image row, as stored in its artifact, and the extractor's seconds.
 
         Keypoints are in original pixels; ``image_size`` is (2,) [width, height]; ``scale`` (2,) maps
@@ -60,7 +62,7 @@ class ExtractActor:
         image = load_image(row["path"], max_pixels=self.max_image_pixels)
         height, width = image.shape[:2]
         crop = row.get("crop")
-        if crop:
+        if crop is not None and len(crop):
             image = image[: int(crop[1]), : int(crop[0])]
         small, scale = resize_max(image, self.resize_max)
         start = time.perf_counter()

@@ -36,3 +36,12 @@ def unique_images(pairs: pa.Table | Iterable[pa.Table]) -> pa.Table:
                 }
     rows = [images[k] for k in sorted(images)]
     return pa.Table.from_pylist(rows, schema=IMAGES) if rows else IMAGES.empty_table()
+
+
+def build(conf: dict, run_url: str) -> pa.Table:
+    """The images stage: unique images of the run's pairs, one pairs part at a time (the driver
+    holds the unique images, never every pair)."""
+    from matchmill.manifests.commit import part_files
+    from matchmill.manifests.storage import read_manifest
+
+    return unique_images(read_manifest(part, "pairs", IMAGE_SOURCE_COLUMNS) for part in part_files(run_url, "pairs"))

@@ -11,7 +11,7 @@ import math
 
 import pyarrow as pa
 
-from matchmill.geometry.pair_metrics import aggregate_metric_records, aggregate_metrics
+from matchmill.geometry.pair_metrics import DEFAULT_AGGREGATE_CONF, aggregate_metric_records, aggregate_metrics
 from matchmill.manifests.commit import read_stage
 from matchmill.manifests.schemas import METRICS
 from matchmill.manifests.storage import exists, join, read_bytes, write_bytes_atomic
@@ -24,8 +24,17 @@ _COLUMNS = [
 ]
 
 
+#: The metrics section's keys, defined with their comments in ``geometry/pair_metrics.py``.
+STAGE_DEFAULTS = dict(DEFAULT_AGGREGATE_CONF)
+
+
+def build(conf: dict, run_url: str) -> pa.Table:
+    """The metrics stage (driver side)."""
+    return compute_metrics(run_url, conf)
+
+
 def compute_metrics(run_url: str, conf: dict) -> pa.Table:
-    verified = read_stage(run_url, "verify", "verified", columns=_COLUMNS)
+    verified = read_stage(run_url, "verify", columns=_COLUMNS)
     rows_in = verified.to_pylist()
     summary = aggregate_metrics(rows_in, conf["metrics"])
     rows = aggregate_metric_records(rows_in, conf["metrics"])

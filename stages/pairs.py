@@ -40,6 +40,30 @@ def demo_root(conf: dict) -> Path:
     return root
 
 
+def check_source(conf: dict) -> None:
+    """Fail (FileNotFoundError naming the key) when the data source cannot be read; writes nothing.
+
+    Called by the runner before any stage is touched, so a wrong ``data.root`` never costs a
+    committed stage."""
+    import fsspec
+
+    data = conf["data"]
+    source = data["source"]
+
+    def must_exist(key: str) -> None:
+        value = data[key]
+        fs, path = fsspec.core.url_to_fs(str(value))
+        if not fs.exists(path):
+            raise FileNotFoundError(f"data.{key} {str(value)!r} does not exist (data.source={source})")
+
+    if source in ("megadepth", "hpatches", "oxford") or (source == "demo" and data["root"]):
+        must_exist("root")
+    if source == "pairs_file":
+        must_exist("pairs_file")
+        if data["images_dir"]:
+            must_exist("images_dir")
+
+
 def source_rows(conf: dict) -> Iterable[dict]:
     """Pair dicts (PAIRS field names) from ``data.source`` (pairs files are streamed)."""
     data = conf["data"]
@@ -86,6 +110,11 @@ def check_row(row: dict) -> str | None:
         if not row.get(key):
             return f"missing {key}"
     return None
+
+
+def build(conf: dict, run_url: str | None = None) -> Iterator[pa.Table]:
+    """The pairs stage: PAIRS tables streamed from ``data.source`` (see :func:`iter_pair_tables`)."""
+    return iter_pair_tables(conf)
 
 
 def build_pairs(conf: dict) -> pa.Table:

@@ -17,35 +17,34 @@ under ``amp`` autocast, and returns CPU numpy arrays.
 
 from __future__ import annotations
 
-import cv2
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
-from matchmill.datasets.image_io import to_original
+if TYPE_CHECKING:  # pragma: no cover - torch is imported where a method runs, not at config time
+    import torch
+
+from matchmill.geometry.frames import resize_to_multiple, to_network, to_original
 from matchmill.models.device import autocast, check_amp
-from matchmill.models.weights import load_weights
 
-from .devices import method_device, to_numpy
+from matchmill.method_conf import merge_conf
+
+from .devices import method_device, no_grad, to_numpy
 
 _LEVELS = ("f0", "f1", "f2", "f3", "f4")
 
 
-def to_network(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`to_original`: (N, 2) original pixels -> network-frame pixels."""
-    sx, sy = float(scale[0]), float(scale[1])
-    out = np.asarray(points, np.float32).copy()
-    out[:, 0] = (out[:, 0] + 0.5) / sx - 0.5
-    out[:, 1] = (out[:, 1] + 0.5) / sy - 0.5
-    return out
-
-
 def _seeded(seed: int) -> None:
+    import torch
+
     torch.manual_seed(int(seed))
 
 
 def load_state(module: torch.nn.Module, path: str | None, prefix: str = "") -> None:
     """Strictly load the weights file ``path`` (keys under ``prefix``) into ``module``; no-op for ``None``."""
     if path:
+        from matchmill.models.weights import load_weights
+
         load_weights(module, path, strict=True, prefix=prefix)
 
 
@@ -64,13 +63,13 @@ class ResNet34Extractor:
     def __init__(self, conf: dict):
         from matchmill.models.resnet import DEFAULT_CONF, ResNet34Pyramid
 
-        self.conf = {**self.default_conf, **conf}
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "extract")
         _seeded(self.conf["init_seed"])
         self.net = ResNet34Pyramid({**DEFAULT_CONF, "weights": self.conf["weights"]}).eval().to(self.device)
 
-    @torch.no_grad()
+    @no_grad
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """(H, W, 3) uint8 RGB -> ``f0``..``f4`` as (C, h, w) arrays and ``net_scale`` (2,)."""
         from matchmill.models.resnet import normalize_image
@@ -78,21 +77,18 @@ class ResNet34Extractor:
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
         h, w = image.shape[:2]
-        m = int(self.conf["multiple"])
-        nh, nw = (h // m) * m, (w // m) * m
-        if nh < 2 * m or nw < 2 * m:
-            raise ValueError(f"image {w}x{h} is too small for the ResNet34 pyramid (needs >= {2 * m}px per side)")
-        resized = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        resized, net_scale = resize_to_multiple(image, int(self.conf["multiple"]), what="the ResNet34 pyramid")
         with autocast(self.device, self.conf["amp"]):
             feats = self.net(normalize_image(resized).to(self.device))
         dtype = np.float16 if self.conf["fp16"] else np.float32
         out = {name: to_numpy(f[0]).astype(dtype) for name, f in zip(_LEVELS, feats)}
-        out["net_scale"] = np.array([w / nw, h / nh], np.float64)
+        out["net_scale"] = net_scale
         return out
 
 
 def _pyramid(feats: dict[str, np.ndarray], names=_LEVELS, device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """The stored maps ``names`` of one image as (1, C, h, w) float32 tensors on ``device``."""
+    import torch
     missing = [n for n in names if n not in feats]
     if missing:
         raise ValueError(f"features lack {missing}: this method needs extract.method=resnet34")
@@ -114,7 +110,7 @@ class NCNetProposer:
     def __init__(self, conf: dict):
         from matchmill.models.ncnet import DEFAULT_CONF, NCNet
 
-        self.conf = {**self.default_conf, **conf}
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "propose")
         _seeded(self.conf["init_seed"])
@@ -122,7 +118,7 @@ class NCNetProposer:
         load_state(self.net, self.conf["weights"])
         self.net.to(self.device)
 
-    @torch.no_grad()
+    @no_grad
     def __call__(self, feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """f4 (256, h, w) maps of both images -> (N, 4) original-pixel proposals and (N,) NC scores."""
         (f4a,), (f4b,) = _pyramid(feats0, ("f4",), self.device), _pyramid(feats1, ("f4",), self.device)
@@ -155,7 +151,7 @@ class Patch2PixRefiner:
     def __init__(self, conf: dict):
         from matchmill.models.patch2pix import DEFAULT_CONF, Patch2Pix, cpu_sized
 
-        self.conf = {**self.default_conf, **conf}
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "refine")
         _seeded(self.conf["init_seed"])
@@ -166,6 +162,7 @@ class Patch2PixRefiner:
 
     def __call__(self, matches: np.ndarray, scores: np.ndarray, feats0=None, feats1=None, row=None):
         """(N, 4) original-pixel proposals -> (M, 4) refined matches and (M,) fine confidences."""
+        import torch
         if len(matches) == 0:
             return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
         pa, pb = _pyramid(feats0, _LEVELS[:4], self.device), _pyramid(feats1, _LEVELS[:4], self.device)

@@ -11,10 +11,13 @@ from matchmill.manifests.schemas import PROPOSALS
 
 from .feature_store import FeatureStore
 from .registry import build_method
-from .rows import process_rows
+from .rows import Row, process_rows
 from .threads import limit_threads
 
-STAGE_DEFAULTS = {"method": "mnn"}  # registered proposer (see stages/registry.py)
+#: The propose section's own keys (besides the execution keys and the method's ``default_conf``).
+STAGE_DEFAULTS = {
+    "method": "mnn",  # registered proposer (see stages/registry.py)
+}
 
 
 def check_matches(matches: np.ndarray, scores: np.ndarray, where: str) -> None:
@@ -26,15 +29,16 @@ def check_matches(matches: np.ndarray, scores: np.ndarray, where: str) -> None:
 class ProposeActor:
     """Ray Data callable class over pair rows."""
 
-    def __init__(self, conf: dict, run_url: str):
-        limit_threads(conf.get("num_cpus", 1))
-        self.proposer = build_method("propose", conf)
-        self.features = FeatureStore(run_url)
+    def __init__(self, conf: dict, run_url: str, config_hash: str = ""):
+        section = conf["propose"]
+        limit_threads(section["num_cpus"])
+        self.proposer = build_method("propose", section)
+        self.features = FeatureStore(run_url, cache_bytes=int(section["feature_cache_mb"] * 2**20))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return process_rows(batch, self.propose_one, PROPOSALS, stage="propose", key="pair_id")
 
-    def propose_one(self, row: dict) -> dict:
+    def propose_one(self, row: Row) -> dict:
         feats0 = self.features.get(row["image0"])
         feats1 = self.features.get(row["image1"])
         start = time.perf_counter()

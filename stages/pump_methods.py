@@ -18,15 +18,20 @@ Artifact size per image: 128 * H * W * 2 bytes (fp16) times sum(s^2) over the st
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from matchmill.datasets.image_io import to_original
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported where a method runs, not at config time
+    import torch
+
+from matchmill.geometry.frames import resize_to_multiple, to_network, to_original
+from matchmill.method_conf import merge_conf
 from matchmill.models.device import autocast, check_amp
 
-from .devices import method_device, to_numpy
-from .patch2pix_methods import _seeded, load_state, to_network
+from .devices import method_device, no_grad, to_numpy
+from .feature_store import array_shape
+from .patch2pix_methods import _seeded, load_state
 
 
 def stored_scales(min_scale: float) -> list[float]:
@@ -42,6 +47,7 @@ def stored_scales(min_scale: float) -> list[float]:
 
 def dense_maps(feats: dict[str, np.ndarray], who: str, max_scale: float = 1.0) -> list[tuple[float, torch.Tensor]]:
     """The stored (scale, (C, h, w) float32) dense maps of one image with scale <= ``max_scale``, finest first."""
+    import torch
     if "dense_scales" not in feats:
         raise ValueError(f"{who}: features have no dense PUMP maps; this method needs extract.method=pump")
     scales = [float(s) for s in np.asarray(feats["dense_scales"]).ravel()]
@@ -68,7 +74,7 @@ class PumpExtractor:
     def __init__(self, conf: dict):
         from matchmill.models.pump.convmixer import DEFAULT_CONF, PumpConvMixer, cpu_sized
 
-        self.conf = {**self.default_conf, **conf}
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         if self.conf["keypoints"] not in ("none", "sift"):
             raise ValueError(f"extract.keypoints must be 'none' or 'sift', got {self.conf['keypoints']!r}")
         check_amp(self.conf["amp"])
@@ -85,7 +91,7 @@ class PumpExtractor:
 
             self.sift = SiftExtractor({"max_keypoints": int(self.conf["max_keypoints"]), "rootsift": False})
 
-    @torch.no_grad()
+    @no_grad
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """(H, W, 3) uint8 RGB -> ``dense_k`` (128, h_k, w_k), ``dense_scales`` (K,), ``net_scale`` (2,),
         and with keypoints: ``keypoints`` (N, 2), ``descriptors`` (N, 128), ``scores`` (N,), ``scales`` (N,)."""
@@ -93,12 +99,7 @@ class PumpExtractor:
 
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
-        h, w = image.shape[:2]
-        m = int(getattr(self.net, "multiple", 8))
-        nh, nw = (h // m) * m, (w // m) * m
-        if nh < 4 * m or nw < 4 * m:
-            raise ValueError(f"image {w}x{h} is too small for PUMP (needs >= {4 * m}px per side)")
-        resized = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        resized, net_scale = resize_to_multiple(image, int(getattr(self.net, "multiple", 8)), min_cells=4, what="PUMP")
         kp_scales = []
         if self.sift is not None:
             kp_scales = descriptor_scales(min_scale=float(self.conf["keypoint_min_scale"]), max_scale=1.0)
@@ -111,7 +112,6 @@ class PumpExtractor:
         for k, scale in enumerate(self.scales):
             out[f"dense_{k}"] = to_numpy(maps[round(scale, 9)]).astype(dtype)
         out["dense_scales"] = np.array(self.scales, np.float64)
-        net_scale = np.array([w / nw, h / nh], np.float64)
         out["net_scale"] = net_scale
         if self.sift is not None:
             kp = self.sift(image)  # keypoints in the frame of the image given (the extract stage maps them)
@@ -137,13 +137,14 @@ class PumpPyramidProposer:
     uses_device = True
 
     def __init__(self, conf: dict):
-        self.conf = {**self.default_conf, **conf}
+        import torch
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         if float(self.conf["max_scale"]) < 1:
             raise ValueError(f"propose.max_scale must be >= 1, got {self.conf['max_scale']}")
         method_device(self.conf, "propose")  # fail fast on num_gpus > 0 without a GPU; matching runs on CPU
         self.device = torch.device("cpu")
 
-    @torch.no_grad()
+    @no_grad
     def __call__(self, feats0: dict[str, np.ndarray], feats1: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         from matchmill.models.pump.multiscale_match import match_multiscale
         from matchmill.models.pump.post_filter import post_filter
@@ -179,5 +180,5 @@ def from_base_scale(maps: list[tuple[float, torch.Tensor]], base: float, who: st
 
 def base_to_original(feats: dict[str, np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """(2,) scale mapping the matching frame (the base map, ``size`` = (w, h)) to original pixels."""
-    w1, h1 = feats["dense_0"].shape[-1], feats["dense_0"].shape[-2]
+    h1, w1 = array_shape(feats, "dense_0")[-2:]  # shape only: the full-scale map is not read
     return np.array([feats["scale"][0] * w1 / size[0], feats["scale"][1] * h1 / size[1]], np.float64)

@@ -10,6 +10,7 @@ class IdentityRefiner:
 
     default_conf: dict = {}
     needs_features = False
+    identity = True  # the refine stage passes its rows through without calling it
 
     def __init__(self, conf: dict):
         self.conf = conf

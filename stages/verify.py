@@ -7,15 +7,23 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from matchmill.geometry.pair_metrics import evaluate_pair
+from matchmill.geometry.pair_metrics import DEFAULT_PAIR_METRICS_CONF, evaluate_pair, has_homography_gt
 from matchmill.geometry.robust import find_fundamental, find_homography
+from matchmill.manifests.columns import as_matches
 from matchmill.manifests.schemas import VERIFIED
 
-from .rows import process_rows
+from .rows import Row, process_rows
 from .threads import limit_threads
 
+#: The verify section's keys (besides the execution keys). The robust-estimation and pose keys are
+#: defined once, with their comments, in ``geometry/pair_metrics.py``.
+STAGE_DEFAULTS = {
+    "geometry": "auto",  # auto (H when the pair has H ground truth, else F) | homography | fundamental
+    **DEFAULT_PAIR_METRICS_CONF,
+}
 
-def choose_model(row: dict, geometry: str) -> str:
+
+def choose_model(row, geometry: str) -> str:
     """``auto`` picks a homography for pairs with H ground truth, else a fundamental matrix."""
     if geometry != "auto":
         return geometry
@@ -23,16 +31,30 @@ def choose_model(row: dict, geometry: str) -> str:
 
 
 class VerifyActor:
-    def __init__(self, conf: dict):
-        limit_threads(conf.get("num_cpus", 1))
-        self.conf = conf
+    def __init__(self, conf: dict, run_url: str | None = None, config_hash: str = ""):
+        self.conf = conf["verify"]
+        limit_threads(self.conf["num_cpus"])
+        self.run_url = run_url
+        self._sizes: dict[str, tuple[int, int]] | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return process_rows(batch, self.verify_one, VERIFIED, stage="verify", key="pair_id")
 
-    def verify_one(self, row: dict) -> dict:
+    def image_size(self, image_id: str) -> tuple[int, int] | None:
+        """(width, height) of an original image from the extract manifest (read once per actor)."""
+        if self.run_url is None:
+            return None
+        if self._sizes is None:
+            from matchmill.manifests.commit import read_stage
+
+            t = read_stage(self.run_url, "extract", columns=["image_id", "width", "height"])
+            self._sizes = {i: (w, h) for i, w, h in zip(*(t.column(c).to_pylist() for c in ("image_id", "width", "height")))
+                           if w is not None and h is not None}
+        return self._sizes.get(image_id)
+
+    def verify_one(self, row: Row) -> dict:
         c = self.conf
-        matches = np.asarray(row["matches"] or [], np.float64).reshape(-1, 4)
+        matches = as_matches(row.get("matches"))
         k0, k1 = matches[:, :2], matches[:, 2:]
         model = choose_model(row, c["geometry"])
         start = time.perf_counter()
@@ -42,7 +64,8 @@ class VerifyActor:
         else:
             F, inliers = find_fundamental(k0, k1, c["f_threshold"], c["confidence"], c["max_iters"], seed=c["ransac_seed"])
         seconds = time.perf_counter() - start
-        metrics = evaluate_pair(k0, k1, inliers, row, c, H_est=H, F_est=F)
+        size0 = self.image_size(row["image0"]) if has_homography_gt(row) else None
+        metrics = evaluate_pair(k0, k1, inliers, row, c, H_est=H, F_est=F, image0_size=size0)
         return {
             "model": model,
             "num_inliers": int(np.count_nonzero(inliers)),

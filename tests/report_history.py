@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from matchmill.bench.history import append_history, history_rows
-from matchmill.bench.results import NON_METRIC_KEYS, bench_metrics, bench_pairs_table, write_method_outputs
+from matchmill.evaluation.history import append_history, history_rows
+from matchmill.evaluation.results import NON_METRIC_KEYS, bench_metrics, bench_pairs_table, write_method_outputs
 from matchmill.classical.sift import SiftExtractor
 from matchmill.geometry.homography import homography_corner_error, mma, reprojection_errors
 from matchmill.geometry.robust import find_homography
@@ -146,7 +146,7 @@ def write_homography_run(root: Path, run: int, pairs: list[dict], history_url: s
                 matches[:, 2:] += noise.astype(np.float32)
             verified.append(verified_row(pair, matches))
         run_url = f"file://{out}/runs/{method}"
-        write_manifest(pa.Table.from_pylist(verified), f"{run_url}/verify/part-0.parquet", "verified")
+        write_manifest(pa.Table.from_pylist(verified), f"{run_url}/verify/part-0.parquet", "verify")
         pairs_table = bench_pairs_table(pa.Table.from_pylist(verified), run_url)
         write_method_outputs(f"file://{out}", method, pairs_table, run_url)
         metrics = {k: v for k, v in bench_metrics(verified, _CONF, "hpatches").items() if k not in NON_METRIC_KEYS}

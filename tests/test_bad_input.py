@@ -84,7 +84,7 @@ def test_bad_rows_fail_alone_and_the_run_goes_on(bad_inputs, tmp_path, ray_local
     conf = load_config(DEMO_CONFIG, [f"storage=file://{tmp_path}/runs", "data.source=pairs_file",
                                      f"data.pairs_file={pairs_file}", f"data.images_dir={images}"])
     result = run_pipeline(conf, echo=lambda _: None)
-    verified = {r["pair_id"]: r for r in read_stage(result.run_url, "verify", "verified").to_pylist()}
+    verified = {r["pair_id"]: r for r in read_stage(result.run_url, "verify").to_pylist()}
     assert len(verified) == 8  # every pair keeps its key to the end
     ok = [r for r in verified.values() if r["status"] == "ok"]
     assert len(ok) == 2 and all(r["num_matches"] > 20 for r in ok)
@@ -100,7 +100,7 @@ def test_bad_rows_fail_alone_and_the_run_goes_on(bad_inputs, tmp_path, ray_local
         assert len(match) == 1 and name in match[0] and reason in match[0], (name, match)
     assert any("K0" in e and "NaN" in e for e in errors.values())
     assert any("pairs.txt:8" in e for e in errors.values())  # the malformed line, by file and line
-    features = read_stage(result.run_url, "extract", "features")
+    features = read_stage(result.run_url, "extract")
     failed_images = features.filter(pc.equal(features.column("status"), "failed")).column("image_id").to_pylist()
     assert sorted(failed_images) == sorted(["bomb.png", "corrupt.jpg", "empty.jpg", "missing.jpg"])
     assert result.metrics["num_failed"] == 6 and result.metrics["num_pairs"] == 8

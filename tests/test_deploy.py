@@ -267,8 +267,8 @@ def test_weekly_schedule_check_rejects_other_schedules():
 
 
 def test_raycronjob_is_weekly_and_runs_bench_then_report():
-    from matchmill.bench.method_config import method_config
-    from matchmill.bench.methods import select_methods
+    from matchmill.evaluation.method_config import method_config
+    from matchmill.evaluation.methods import select_methods
 
     cron = one("raycronjob.yaml")["spec"]
     assert is_weekly(cron["schedule"]), f"schedule {cron['schedule']!r} is not a weekly 5-field cron line"
@@ -423,7 +423,7 @@ def test_missing_custom_resource_fails_fast(ray_local):
 class ResourceProbe:
     """A stage actor that writes the Ray resources it was given into the ``error`` column."""
 
-    def __init__(self):
+    def __init__(self, conf=None, run_url=None, config_hash=None):
         import ray
 
         self.assigned = json.dumps(sorted(ray.get_runtime_context().get_assigned_resources()))
@@ -441,16 +441,19 @@ def test_stage_actors_get_the_configured_custom_resources(ray_local, tmp_path, r
     from matchmill.manifests.commit import read_stage
     from matchmill.manifests.schemas import IMAGES
     from matchmill.manifests.storage import write_manifest
-    from matchmill.pipeline.ray_stage import run_ray_stage
+    from matchmill.pipeline.executor import SegmentInput, StagePlan, run_segment
+    from matchmill.pipeline.graph import StageSpec
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not on the workers' path
     rows = [{"image_id": f"im{i}", "scene": "s", "path": f"/x/{i}.png", "crop": None, "status": "ok", "error": None}
             for i in range(3)]
     source = f"file://{tmp_path}/images/part-00000.parquet"
     write_manifest(pa.Table.from_pylist(rows, schema=IMAGES), source, "images")
-    stage_conf = {"actors": 1, "num_cpus": 0.5, "num_gpus": 0.0, "batch_size": 2, "resources": resources}
-    run_ray_stage([source], ResourceProbe, {}, stage_conf, f"file://{tmp_path}/probe", "images", "images",
-                  "image_id", [], part_rows=8)
+    conf = {"images": {"actors": 1, "num_cpus": 0.5, "num_gpus": 0.0, "batch_size": 2, "resources": resources},
+            "part_rows": 8}
+    spec = StageSpec("images", "image_id", "images", (), (), "ray", ResourceProbe)  # writes IMAGES rows to probe/
+    plan = StagePlan(spec, 0, f"file://{tmp_path}/probe", "hash", [], cpus=0.5, stateless=False)
+    run_segment([plan], [SegmentInput(0, "images", [source])], conf, f"file://{tmp_path}")
     out = read_stage(f"file://{tmp_path}", "probe", "images")
     assert sorted(out.column("image_id").to_pylist()) == ["im0", "im1", "im2"]
     for assigned in set(out.column("error").to_pylist()):

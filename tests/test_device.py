@@ -114,11 +114,11 @@ def test_the_stage_actor_passes_num_gpus_to_its_method(tmp_path) -> None:
     conf = load_config(DEMO_CONFIG, ["extract.method=pump", "extract.num_gpus=0.5", "refine.method=patch2pix",
                                      "refine.num_gpus=1"])
     with pytest.raises(DeviceError, match=r"^extract\.num_gpus=0\.5 but no CUDA device"):
-        ExtractActor(conf["extract"], f"file://{tmp_path}", "hash", 10**8)
+        ExtractActor(conf, f"file://{tmp_path}", "hash")
     with pytest.raises(DeviceError, match=r"^refine\.num_gpus=1 but no CUDA device"):
-        RefineActor(conf["refine"], f"file://{tmp_path}")
+        RefineActor(conf, f"file://{tmp_path}")
     cpu = load_config(DEMO_CONFIG, ["refine.method=patch2pix"])
-    assert RefineActor(cpu["refine"], f"file://{tmp_path}").refiner.device == torch.device("cpu")
+    assert RefineActor(cpu, f"file://{tmp_path}").refiner.device == torch.device("cpu")
 
 
 def test_amp_is_checked_at_config_time() -> None:

@@ -94,7 +94,7 @@ def test_write_in_parts_streams_tables_into_fixed_size_parts(tmp_path, sizes, ex
     assert total == sum(sizes)
     parts = part_files(url, "images")
     assert [read_manifest(p, "images").num_rows for p in parts] == expected_parts
-    assert read_stage(url, "images", "images").column("image_id").to_pylist() == [f"im{i:03d}" for i in range(sum(sizes))]
+    assert read_stage(url, "images").column("image_id").to_pylist() == [f"im{i:03d}" for i in range(sum(sizes))]
 
 
 def test_unique_images_from_parts_equals_whole_table(tmp_path):
@@ -109,19 +109,16 @@ def test_unique_images_from_parts_equals_whole_table(tmp_path):
                                                       "only_one_name.png"]  # a failed row keeps its image
 
 
-def test_count_todo_counts_in_arrow(tmp_path):
+def test_input_rows_are_counted_from_parquet_footers(tmp_path):
     from matchmill.manifests.storage import write_manifest
-    from matchmill.pipeline.graph import get_stage
-    from matchmill.pipeline.runner import count_todo
+    from matchmill.pipeline.runner import count_input_rows
     from matchmill.stages.pairs import build_pairs
 
     pairs = build_pairs(pairs_conf(tmp_path, write_pairs(tmp_path, LINES)))
     url = f"file://{tmp_path}/run"
-    write_manifest(pairs, f"{url}/pairs/part-00000.parquet", "pairs")
-    ids = pairs.column("pair_id").to_pylist()
-    spec = get_stage("propose")
-    assert count_todo(url, spec, set()) == 7
-    assert count_todo(url, spec, set(ids[:3]) | {"not-an-input"}) == 4
+    write_manifest(pairs.slice(0, 3), f"{url}/pairs/part-00000.parquet", "pairs")
+    write_manifest(pairs.slice(3), f"{url}/pairs/part-00001.parquet", "pairs")
+    assert count_input_rows(url, "pairs") == 7
 
 
 # ----------------------------------------------------------------------------- benchmark helpers

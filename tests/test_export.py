@@ -60,10 +60,10 @@ def make_run(base: str, commit: bool = True) -> str:
     """A run with a verify stage in two parts: A-B, B-C ok and a failed A-C."""
     run = join(base, "run")
     rows = [verified_row(A, B, P1), verified_row(B, C, P2), verified_row(A, C, None, status="failed")]
-    write_manifest(pa.Table.from_pylist(rows[:2]), join(run, "verify", "part-0.parquet"), "verified")
-    write_manifest(pa.Table.from_pylist(rows[2:]), join(run, "verify", "part-1.parquet"), "verified")
+    write_manifest(pa.Table.from_pylist(rows[:2]), join(run, "verify", "part-0.parquet"), "verify")
+    write_manifest(pa.Table.from_pylist(rows[2:]), join(run, "verify", "part-1.parquet"), "verify")
     if commit:
-        write_commit(run, CommitInfo("verify", "verified", "cafe", rows=3, failed=1))
+        write_commit(run, CommitInfo("verify", "verify", "cafe", rows=3, failed=1))
     return run
 
 

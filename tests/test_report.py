@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from matchmill.bench.draw import draw_matches
-from matchmill.bench.figures import BenchmarkPictures, PairData, report_pictures
-from matchmill.bench.history import append_history, history_rows
-from matchmill.bench.pair_drawings import choose_pairs, draw_example_pairs
-from matchmill.bench.plots import accuracy_curve, plot_homography_accuracy, plot_mma_curve, plot_pose_error_cdf
-from matchmill.bench.render import fmt, fmt_delta, md_escape
-from matchmill.bench.report import (
+from matchmill.viz.draw import draw_matches
+from matchmill.evaluation.figures import BenchmarkPictures, PairData, report_pictures
+from matchmill.evaluation.history import append_history, history_rows
+from matchmill.evaluation.pair_drawings import choose_pairs, draw_example_pairs
+from matchmill.evaluation.plots import accuracy_curve, plot_homography_accuracy, plot_mma_curve, plot_pose_error_cdf
+from matchmill.evaluation.render import fmt, fmt_delta, md_escape
+from matchmill.evaluation.report import (
     build_report,
     compare_metric,
     direction_of,
@@ -115,7 +115,7 @@ def test_whole_method_failure_is_a_regression_and_recovery_is_not(tmp_path):
 
 
 def test_empty_history_is_an_error(tmp_path):
-    from matchmill.bench.history import HISTORY_SCHEMA
+    from matchmill.evaluation.history import HISTORY_SCHEMA
     from matchmill.manifests.storage import ManifestError
 
     with pytest.raises(ManifestError, match="empty or does not exist"):

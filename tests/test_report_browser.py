@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from matchmill.bench.history import append_history, history_rows
+from matchmill.evaluation.history import append_history, history_rows
 from matchmill.pipeline.cli import main
 
 from .report_history import build_history

@@ -56,7 +56,7 @@ def sift_run(demo_root, tmp_path_factory):
     run_url = f"file://{tmp_path_factory.mktemp('viz_run')}"
     conf = load_config(DEMO_CONFIG, [f"data.root={demo_root}", "pairs.max_pairs_per_scene=2"])
     result = run_inprocess(conf, run_url)
-    write_manifest(result.tables["verify"], join(run_url, "verify", "part-00000.parquet"), "verified")
+    write_manifest(result.tables["verify"], join(run_url, "verify", "part-00000.parquet"), "verify")
     return run_url, result.tables["verify"].to_pylist()
 
 

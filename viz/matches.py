@@ -30,8 +30,9 @@ def pair_row(run_url: str, pair_id: str, stage: str = "verify") -> dict:
 
 def draw_pair(run_url: str, pair_id: str, out_png: str, stage: str = "verify", max_lines: int = 300) -> dict:
     """Draw the pair's matches (inliers green, outliers red after verify). Returns counts."""
-    from matchmill.bench.draw import draw_matches
     from matchmill.datasets.image_io import load_image
+
+    from .draw import draw_matches
 
     row = pair_row(run_url, pair_id, stage)
     if row["status"] != "ok":

@@ -27,14 +27,11 @@ def pump_net(weights: str | None = None, cpu_sized: bool = True, seed: int = 0) 
 
 def prepare(image: np.ndarray, resize_max: int | None, multiple: int) -> np.ndarray:
     """Resize so the long side is <= ``resize_max``, then to a multiple of the net's stride."""
-    import cv2
-
-    from matchmill.datasets.image_io import resize_max as resize_long_side
+    from matchmill.geometry.frames import resize_max as resize_long_side
+    from matchmill.geometry.frames import resize_to_multiple
 
     small, _ = resize_long_side(image, resize_max)
-    h, w = small.shape[:2]
-    nh, nw = (h // multiple) * multiple, (w // multiple) * multiple
-    return small if (nh, nw) == (h, w) else cv2.resize(small, (nw, nh), interpolation=cv2.INTER_AREA)
+    return resize_to_multiple(small, multiple, min_cells=1, what="the pyramid view")[0]
 
 
 def pyramid_levels(net: torch.nn.Module, image1: np.ndarray, image2: np.ndarray, x: float, y: float,

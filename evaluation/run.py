@@ -16,7 +16,7 @@ A benchmark command (``matchmill bench hpatches|pose|megadepth1500``) builds its
    and reports the tuned variant as method ``<method>-tuned``;
 4. writes ``OUT/summary.json`` = ``{method: {metric: value}}`` (methods that ran),
    ``OUT/bench.json`` (run id, date, resize, per-method status / errors / hashes) and appends one
-   history row per method and metric (:mod:`matchmill.bench.history`).
+   history row per method and metric (:mod:`matchmill.evaluation.history`).
 
 A method that fails entirely (not registered, crashed, GPU missing) is reported in
 ``bench.json`` and on screen and the other methods still run; its only history row is
@@ -162,7 +162,7 @@ def run_method(
         result.model_hashes = model_hashes(conf)
         run = run_pipeline(conf, address=request.address, echo=echo)
         result.run_url = run.run_url
-        verified = read_stage(run.run_url, "verify", "verified")
+        verified = read_stage(run.run_url, "verify")
         rows = verified.select([c for c in verified.column_names if c not in ("matches", "scores", "inliers")]).to_pylist()
         result.metrics = bench_metrics(rows, conf, request.benchmark)
         result.num_pairs = len(rows)

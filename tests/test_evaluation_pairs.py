@@ -10,23 +10,23 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from matchmill.bench.hpatches import list_hpatches_bench_pairs
-from matchmill.bench.megadepth1500 import (
+from matchmill.evaluation.hpatches import list_hpatches_bench_pairs
+from matchmill.evaluation.megadepth1500 import (
     SceneInfoError,
     list_megadepth1500_pairs,
     read_scene_info,
     scene_info_from_colmap,
     scene_info_pairs,
 )
-from matchmill.bench.methods import (
+from matchmill.evaluation.methods import (
     METHOD_PRESETS,
     UnknownPresetError,
     UnregisteredMethodError,
     check_registered,
     select_methods,
 )
-from matchmill.bench.run import subsample_evenly
-from matchmill.bench.threshold_tuning import keep_above, rescore_verified, tune_threshold
+from matchmill.evaluation.run import subsample_evenly
+from matchmill.evaluation.threshold_tuning import keep_above, rescore_verified, tune_threshold
 from matchmill.manifests.schemas import VERIFIED
 
 from .conftest import shared_data
@@ -223,7 +223,7 @@ def test_rescore_verified_reruns_ransac_and_mma_on_the_kept_matches(tmp_path):
     scores = np.r_[rng.uniform(0.0, 0.4, 40), rng.uniform(0.6, 1.0, 40)]  # ... with low scores
     row = {
         "pair_id": "a|b", "image0": "a", "image1": "b", "path0": str(image), "path1": str(image),
-        "H_0to1": H.ravel().tolist(), "num_matches": 80, "matches": np.c_[pts0, pts1].ravel().tolist(),
+        "H_0to1": H.ravel().tolist(), "num_matches": 80, "matches": np.c_[pts0, pts1].tolist(),
         "scores": scores.tolist(), "status": "ok",
     }
     failed = {"pair_id": "c|d", "image0": "c", "image1": "d", "path0": "x", "path1": "y", "status": "failed",
@@ -244,7 +244,7 @@ def test_rescore_verified_reruns_ransac_and_mma_on_the_kept_matches(tmp_path):
 def test_method_config_hashes_follow_what_is_computed(tmp_path):
     import hashlib
 
-    from matchmill.bench.method_config import config_hash, default_history_url, method_config, model_hashes
+    from matchmill.evaluation.method_config import config_hash, default_history_url, method_config, model_hashes
 
     weights = tmp_path / "p2p.pth"
     weights.write_bytes(b"not really weights, only hashed")

@@ -9,7 +9,7 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from matchmill.bench.history import (
+from matchmill.evaluation.history import (
     HISTORY_SCHEMA,
     append_history,
     code_version,

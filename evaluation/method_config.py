@@ -1,6 +1,6 @@
 """Pipeline configs of a bench run's methods, and the hashes recorded in the history.
 
-One bench method = one preset (``bench/methods.py``) applied to a base config whose data source is
+One bench method = one preset (:mod:`.methods`) applied to a base config whose data source is
 the bench's pairs manifest and whose storage is ``OUT/runs`` (run name = preset), so rerunning a
 bench resumes its runs. ``config_hash`` names what a method computes independently of where it
 ran; ``model_hashes`` names the weights each net used.

@@ -67,7 +67,7 @@ def bench_pairs_table(verified: pa.Table, run_url: str, match_threshold: float |
     """``OUT/<method>/pairs.parquet`` rows from a VERIFIED table: failed pairs get inf errors and
     0 matches in the families their ground truth defines, so the file reads like the metrics.
 
-    ``inline_matches`` adds the ``matches`` (N*4) / ``inliers`` (N) columns (for ``-tuned``
+    ``inline_matches`` adds the ``matches`` ((N, 4), the manifests' type) / ``inliers`` (N) columns (for ``-tuned``
     variants, whose matches are not those of the run folder).
     """
     columns = _VERIFY_COLUMNS_FOR_PAIRS + (["matches", "inliers"] if inline_matches else [])
@@ -94,7 +94,9 @@ def bench_pairs_table(verified: pa.Table, run_url: str, match_threshold: float |
         )
     schema = BENCH_PAIRS_SCHEMA
     if inline_matches:
-        schema = schema.append(pa.field("matches", pa.list_(pa.float32()))).append(pa.field("inliers", pa.list_(pa.bool_())))
+        from matchmill.manifests.schemas import MATCHES_TYPE
+
+        schema = schema.append(pa.field("matches", MATCHES_TYPE)).append(pa.field("inliers", pa.list_(pa.bool_())))
     return pa.Table.from_pylist(rows, schema=schema)
 
 

@@ -102,7 +102,7 @@ def rescore_verified(verified: pa.Table, threshold: float, verify_conf: dict[str
     that fails now becomes a failed row naming the error.
 
     Args:
-        verified: VERIFIED table with ``matches`` (N*4) and ``scores`` (N) per row.
+        verified: VERIFIED table with ``matches`` (N, 4) and ``scores`` (N) per row.
         threshold: tau from :func:`tune_threshold`.
         verify_conf: the verify section of the run's config.
 
@@ -119,12 +119,12 @@ def rescore_verified(verified: pa.Table, threshold: float, verify_conf: dict[str
     for row in verified.to_pylist():
         if row.get("status") == "ok":
             matches, scores = keep_above(row.get("matches"), row.get("scores"), threshold)
-            row = {**row, "matches": matches.reshape(-1).tolist(), "scores": scores.tolist(), "num_matches": len(matches)}
+            row = {**row, "matches": matches.reshape(-1, 4).tolist(), "scores": scores.tolist(), "num_matches": len(matches)}
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=VERIFIED)
     threads = (torch.get_num_threads(), cv2.getNumThreads())
     try:  # the actor pins this process's thread pools to its CPU reservation: undo that after
-        return VerifyActor(verify_conf)(table)
+        return VerifyActor({"verify": verify_conf})(table)
     finally:
         torch.set_num_threads(threads[0])
         cv2.setNumThreads(threads[1])

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Mapping
 
-from .figures import BenchmarkPictures, Picture
+from .picture_types import BenchmarkPictures, Picture
 from .report import MethodReport, MetricComparison, Report, RunInfo, metric_sort_key
 
 Pictures = Mapping[tuple[str, str], BenchmarkPictures]

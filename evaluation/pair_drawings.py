@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from matchmill.manifests.storage import join
+from matchmill.viz.draw import draw_matches
 
-from .draw import draw_matches
-from .figures import BenchmarkPictures, PairData, Picture, read_run_url
+from .picture_types import BenchmarkPictures, PairData, Picture, read_run_url
 from .report import MethodReport, slug
 
 _MATCH_COLUMNS = ["pair_id", "path0", "path1", "matches", "inliers"]
@@ -44,7 +44,7 @@ def _inline_rows(table: pa.Table, wanted: list[str]) -> dict[str, dict]:
 def _run_rows(run_url: str, wanted: list[str]) -> dict[str, dict]:
     from matchmill.manifests.commit import read_stage
 
-    table = read_stage(run_url, "verify", "verified", columns=_MATCH_COLUMNS)
+    table = read_stage(run_url, "verify", columns=_MATCH_COLUMNS)
     sub = table.filter(pc.is_in(table["pair_id"], pa.array(wanted, pa.string())))
     return {row["pair_id"]: row for row in sub.to_pylist()}
 

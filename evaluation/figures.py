@@ -5,22 +5,26 @@ at ``<out_url>/<method>/pairs.parquet`` (corner errors, pose errors, and the pai
 inline or through the matchmill run folder the bench ran). Whatever cannot be drawn (OUT folder
 deleted, column absent, run folder gone) is not an error: it becomes a "missing" note that names
 the plot, the method and the reason, and the report renders without it.
+
+The picture records (``Picture``, ``BenchmarkPictures``, ``PairData``) live in :mod:`.picture_types`,
+which :mod:`.pair_drawings` (the example pairs) uses too; this module re-exports them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from matchmill.manifests.storage import exists, join, read_bytes, url_to_fs
-
 from matchmill.geometry.homography import MMA_THRESHOLDS
+from matchmill.manifests.storage import join, url_to_fs
 
+from .picture_types import BenchmarkPictures, PairData, Picture, pairs_url
 from .report import MethodReport, Report, slug
+
+__all__ = ["DEFAULT_CONF", "BenchmarkPictures", "PairData", "Picture", "benchmark_pictures", "read_pairs",
+           "report_pictures"]
 
 #: Defaults of the report's pictures (one comment per key).
 DEFAULT_CONF: dict = {
@@ -28,43 +32,6 @@ DEFAULT_CONF: dict = {
     "max_lines": 100,  # matches drawn per pair at most
     "max_side": 480,  # longer side of each drawn image, px
 }
-
-PAIRS_FILE = "pairs.parquet"
-RUN_URL_FILE = "run_url.txt"
-
-
-@dataclass(frozen=True)
-class Picture:
-    """One PNG of the report, stored next to the report files."""
-
-    kind: str  # "mma" | "homography_accuracy" | "pose_cdf" | "matches"
-    title: str
-    file: str  # name relative to the report folder
-    caption: str = ""
-    method: str = ""  # for example pairs: the method drawn
-    pair: str = ""  # for example pairs: the pair id
-
-
-@dataclass
-class BenchmarkPictures:
-    """The pictures of one (benchmark, dataset) and the notes on those that could not be made."""
-
-    curves: list[Picture] = field(default_factory=list)
-    matches: list[Picture] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PairData:
-    """One method's per-pair table of its latest run, or why it is unavailable."""
-
-    table: pa.Table | None
-    url: str
-    problem: str = ""
-
-
-def pairs_url(out_url: str, method: str) -> str:
-    return join(out_url, method, PAIRS_FILE)
 
 
 def read_pairs(method: MethodReport) -> PairData:
@@ -163,20 +130,3 @@ def benchmark_pictures(methods: list[MethodReport], out_dir: str, conf: dict | N
 def report_pictures(report: Report, out_dir: str, conf: dict | None = None) -> dict[tuple[str, str], BenchmarkPictures]:
     """:func:`benchmark_pictures` for every (benchmark, dataset) of the report."""
     return {(b, d): benchmark_pictures(ms, out_dir, conf) for b, d, ms in report.benchmarks()}
-
-
-def read_run_url(data: PairData, out_url: str, method: str) -> str | None:
-    """The matchmill run folder behind a method's bench run: a ``run_url`` column of the
-    per-pair table, else ``<out_url>/<method>/run_url.txt``."""
-    if data.table is not None and "run_url" in data.table.column_names:
-        urls = [u for u in data.table.column("run_url").to_pylist() if u]
-        if urls:
-            return urls[0]
-    url = join(out_url, method, RUN_URL_FILE)
-    try:
-        if exists(url):
-            return read_bytes(url).decode().strip() or None
-    except Exception:  # noqa: BLE001 - unreachable storage: no run folder
-        return None
-    return None
-

@@ -1,1 +1,0 @@
-"""Benchmark presets (``matchmill bench ...``), the benchmark history table and ``matchmill report``."""
