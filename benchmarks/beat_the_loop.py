@@ -26,6 +26,15 @@ the RANSAC inlier counts. Figures (table on stdout, JSON in ``<work>/beat_the_lo
   pair divided by the cores (``--actors``): the ratio should be <= 1.2, i.e. once started, matchmill
   spreads the same work over the cores with little loss.
 
+Reading the agreement: matches should agree on every pair (same keypoints, same mutual NN). Inlier
+counts can still differ on a few pairs, for two reasons seen so far. (1) matchmill maps keypoints to
+original pixels as float32 ``(x + 0.5) * s - 0.5`` even when ``s = 1``, which moves them by up to one
+float32 ulp (~3e-5 px at 640 px); the match sets agree at 0.01 px, but pydegensac's result can move by
+an inlier or two. (2) pydegensac's random state is process-wide (it seeds libc srandom(), by its own
+notes), apparently shared with other threads of a Ray Data actor process: with the executor of commit
+756ac80 its seed did not make inliers reproducible there (identical input: 195-204 inliers over 200 calls in an actor pool, 199
+every time in a plain process). ``--repeat 2`` compares two matchmill runs with each other.
+
 The script drives matchmill through its CLI only (subprocess, run from the work folder, so that
 ``PYTHONPATH`` can point it at another matchmill checkout) and reads its output files; it imports no
 matchmill code, so it keeps working while the executor changes.
@@ -324,12 +333,22 @@ def measure(work: Path, job: Job, repeat: int = 1, extra: list[str] = (), timeou
                    "cached": {"process_seconds": cached_s, **cached.summary()},
                    "modes_agree": loops_agree(per_pair, cached)}
 
+    read = []
     for full in res["matchmill"]:
         if full["ok"]:
             try:
-                full["comparison"] = compare(cached, read_matchmill(Path(full["run_dir"])))
+                ours = read_matchmill(Path(full["run_dir"]))
+                full["comparison"] = compare(cached, ours)
+                read.append(ours)
             except (OSError, ValueError, KeyError) as exc:
                 full["comparison"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if len(read) >= 2:  # run-to-run reproducibility of matchmill itself
+        first, second = read[0], read[1]
+        common = first.keys() & second.keys()
+        res["matchmill_runs_agree"] = {
+            "pairs": len(common),
+            "matches_differ": sum(match_set(first[k]["matches"]) != match_set(second[k]["matches"]) for k in common),
+            "inliers_differ": sum(first[k]["num_inliers"] != second[k]["num_inliers"] for k in common)}
 
     ok_full = [f["seconds"] for f in res["matchmill"] if f["ok"]]
     ok_empty = [e["seconds"] for e in res["empty"] if e["ok"]]
@@ -378,6 +397,10 @@ def report_rows(res: dict) -> list[tuple[str, str, str]]:
         ("marginal ratio matchmill / (loop / cores)", _f(f["marginal_ratio"], ".2f", "x"), f"<= {TARGET_MARGINAL:g}x"),
         ("plain loop: per_pair and cached give the same matches + inliers", "yes" if loop["modes_agree"] else "NO", "yes"),
     ]
+    if "matchmill_runs_agree" in res:
+        a = res["matchmill_runs_agree"]
+        rows.append(("matchmill run 1 vs run 2: pairs whose matches / inliers differ",
+                     f"{a['matches_differ']} / {a['inliers_differ']} of {a['pairs']}", "0 / 0"))
     for i, run in enumerate(res["matchmill"]):
         c = run.get("comparison")
         if not c:

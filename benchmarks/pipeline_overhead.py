@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo.yaml"
-RAY_STAGES = ("extract", "propose", "refine", "verify")
+from matchmill.pipeline.graph import RAY_STAGES  # noqa: E402 - the stage specs are the one list of stages
 
 
 @dataclass

@@ -36,14 +36,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pydegensac
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning (shared machine)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pydegensac  # noqa: E402
 
 MODES = ("per_pair", "cached")
 

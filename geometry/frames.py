@@ -14,21 +14,31 @@ import numpy as np
 
 
 def to_original(points: np.ndarray, scale) -> np.ndarray:
-    """(N, 2) pixels of a frame with scale ``(sx, sy)`` -> (N, 2) float32 original pixels."""
-    sx, sy = float(scale[0]), float(scale[1])
-    out = np.asarray(points, dtype=np.float32).reshape(-1, 2).copy()
-    out[:, 0] = (out[:, 0] + 0.5) * sx - 0.5
-    out[:, 1] = (out[:, 1] + 0.5) * sy - 0.5
-    return out
+    """(N, 2) pixels of a frame with scale ``(sx, sy)`` -> (N, 2) float32 original pixels.
+
+    Computed in float64 and rounded once: scale (1, 1) returns the points bit for bit (a float32
+    ``(x + 0.5) * 1 - 0.5`` would move them by up to one float32 step)."""
+    return _rescale(points, scale, inverse=False)
 
 
 def to_network(points: np.ndarray, scale) -> np.ndarray:
     """Inverse of :func:`to_original`: (N, 2) original pixels -> (N, 2) float32 pixels of the frame."""
+    return _rescale(points, scale, inverse=True)
+
+
+def _rescale(points: np.ndarray, scale, inverse: bool) -> np.ndarray:
     sx, sy = float(scale[0]), float(scale[1])
-    out = np.asarray(points, dtype=np.float32).reshape(-1, 2).copy()
-    out[:, 0] = (out[:, 0] + 0.5) / sx - 0.5
-    out[:, 1] = (out[:, 1] + 0.5) / sy - 0.5
-    return out
+    pts = np.asarray(points).reshape(-1, 2)
+    if sx == 1.0 and sy == 1.0:
+        return pts.astype(np.float32, copy=True)
+    out = pts.astype(np.float64)
+    if inverse:
+        out[:, 0] = (out[:, 0] + 0.5) / sx - 0.5
+        out[:, 1] = (out[:, 1] + 0.5) / sy - 0.5
+    else:
+        out[:, 0] = (out[:, 0] + 0.5) * sx - 0.5
+        out[:, 1] = (out[:, 1] + 0.5) * sy - 0.5
+    return out.astype(np.float32)
 
 
 def resize_max(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, tuple[float, float]]:

@@ -56,7 +56,7 @@ DEFAULT_CONF: dict = {
     "nc_kernels": [3, 3],  # Conv4d kernel size of each NC layer (odd; zero padding k//2 keeps the size)
     "nc_channels": [16, 1],  # output channels of each NC layer; the last must be 1 (IVD / Patch2Pix config)
     "symmetric": True,  # NC(x) + NC(x^T)^T with ^T the A<->B transpose (NCNet symmetric mode)
-    "threshold": 0.0,  # keep proposals with score > threshold (Patch2Pix 0.0; standalone NCNet baseline 0.9)
+    "nc_threshold": 0.0,  # keep proposals with score > nc_threshold (Patch2Pix 0.0; standalone NCNet baseline 0.9)
     "mutual": True,  # keep only pairs found in both directions (mutual NN on the pooled grid)
     "fallback_unfiltered": False,  # original quirk: no mutual pair -> keep all candidates; False -> empty result
     "upsample": 8,  # stride of the input feature map: 8 for f4 with change_stride, 16 without
@@ -450,7 +450,7 @@ class NCNet(nn.Module):
 
         Args:
             out: :meth:`forward` output.
-            threshold: override of ``conf["threshold"]`` (keep ``score > threshold``).
+            threshold: override of ``conf["nc_threshold"]`` (keep ``score > threshold``).
             mutual: override of ``conf["mutual"]``.
 
         Returns:
@@ -468,6 +468,6 @@ class NCNet(nn.Module):
             upsample=int(self.conf["upsample"]),
             center=bool(self.conf["center"]),
             mutual=bool(self.conf["mutual"] if mutual is None else mutual),
-            threshold=float(self.conf["threshold"] if threshold is None else threshold),
+            threshold=float(self.conf["nc_threshold"] if threshold is None else threshold),
             fallback_unfiltered=bool(self.conf["fallback_unfiltered"]),
         )

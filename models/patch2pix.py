@@ -72,7 +72,7 @@ DEFAULT_CONF: dict[str, Any] = {
     "geo_thresholds": [50.0, 5.0],  # (mid, fine) squared Sampson px^2: inputs whose OUTPUT enters the geometric loss
     "weight_cls": 10.0,  # alpha: weight of the classification loss against the geometric loss
     "weight_geo": [1.0, 1.0],  # (mid, fine) weights of the two geometric terms
-    "match_threshold": 0.25,  # fine confidence a match must exceed to be kept at inference
+    "confidence": 0.25,  # fine confidence a match must exceed to be kept at inference (the refine stage key)
     "shared": False,  # True: mid and fine stages share one regressor's weights
 }
 
@@ -467,13 +467,13 @@ class Patch2Pix(nn.Module):
         image_size_b: Sequence[float],
         threshold: float | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Inference: forward + :func:`filter_matches` (threshold default ``conf['match_threshold']``).
+        """Inference: forward + :func:`filter_matches` (threshold default ``conf["confidence"]``).
 
         Call ``.eval()`` first. Returns (M, 4) fine matches and (M,) fine confidences, M <= N,
         possibly M = 0.
         """
         out = self(feats_a, feats_b, matches, image_size_a, image_size_b)
-        thr = self.conf["match_threshold"] if threshold is None else threshold
+        thr = self.conf["confidence"] if threshold is None else threshold
         return filter_matches(out["fine"], out["fine_conf"], thr)
 
 

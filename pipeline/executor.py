@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -66,6 +67,16 @@ class StagePlan:
     stateless: bool  # no model to load: run as zero-CPU tasks instead of an actor pool
 
 
+def _trace(event: str, what: str = "") -> None:
+    """Append ``time pid event what`` to $MATCHMILL_TRACE (a debugging aid for start-up costs)."""
+    path = os.environ.get("MATCHMILL_TRACE")
+    if path:
+        import time
+
+        with open(path, "a") as f:
+            f.write(f"{time.time():.3f} {os.getpid()} {event} {what}\n")
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -106,6 +117,7 @@ def read_range(url: str, start: int, length: int, manifest: str) -> pa.Table:
 def read_blocks(batch: pa.Table, carrier: pa.Schema, key: str, filters: dict[int, dict]) -> pa.Table:
     """Read the row ranges named in ``batch``; filter each by its input's keep / drop keys; tag
     rows with ``_enter``; conform to the segment's carrier schema."""
+    _trace("read")
     tables = []
     for item in batch.to_pylist():
         table = read_range(item["url"], item["start"], item["length"], item["stage"])
@@ -149,11 +161,14 @@ class StageActor:
     def __init__(self, implementation: str, conf: dict, run_url: str, config_hash: str, position: int, manifest: str):
         from .graph import _import
 
+        _trace("actor-init-start", implementation)
         self.impl = _import(implementation)(conf, run_url, config_hash)
+        _trace("actor-init-end", implementation)
         self.position = position
         self.schema = MANIFESTS[manifest][0]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        _trace("actor-call", str(self.position))
         return apply_stage(self.impl, batch, self.position, self.schema)
 
 
@@ -273,7 +288,12 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
             compute=ray.data.TaskPoolStrategy(size=WRITE_TASKS),
             batch_format="pyarrow",
         )
-    return len(ds.take_all())
+    _trace("execute", ",".join(p.spec.name for p in plans))
+    out = ds.take_all()
+    _trace("executed", ",".join(p.spec.name for p in plans))
+    if os.environ.get("MATCHMILL_DATA_STATS"):  # debugging aid: Ray Data's per-operator timings
+        print(ds.stats())
+    return len(out)
 
 
 def describe_fit(specs: list[StageSpec], conf: dict, cpus: dict[str, float], cluster_cpus: float,

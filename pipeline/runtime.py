@@ -39,6 +39,9 @@ def init_ray(conf: dict, address: str | None = None, verbose: bool = False) -> N
             if address:
                 ray.init(address=address, logging_level=level, log_to_driver=True)
             else:
+                # an embedded cluster on a possibly offline machine: no usage-stats report (a user's
+                # own RAY_USAGE_STATS_ENABLED wins); it also saves a second of start-up here
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(
                     num_cpus=conf["ray"]["num_cpus"],
                     include_dashboard=False,

@@ -114,7 +114,7 @@ class NCNetProposer:
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "propose")
         _seeded(self.conf["init_seed"])
-        self.net = NCNet({**DEFAULT_CONF, "threshold": float(self.conf["nc_threshold"])}).eval()
+        self.net = NCNet({**DEFAULT_CONF, "nc_threshold": float(self.conf["nc_threshold"])}).eval()
         load_state(self.net, self.conf["weights"])
         self.net.to(self.device)
 
@@ -156,7 +156,7 @@ class Patch2PixRefiner:
         self.device = method_device(self.conf, "refine")
         _seeded(self.conf["init_seed"])
         net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
-        self.net = Patch2Pix({**net_conf, "match_threshold": float(self.conf["confidence"])}).eval()
+        self.net = Patch2Pix({**net_conf, "confidence": float(self.conf["confidence"])}).eval()
         load_state(self.net, self.conf["weights"])
         self.net.to(self.device)
 

@@ -218,3 +218,35 @@ def test_one_and_two_actors_per_stage_give_identical_results(ray_local, tmp_path
     for key in a:
         assert (a[key]["matches"], a[key]["inliers"]) == (b[key]["matches"], b[key]["inliers"]), key
     assert one.metrics == two.metrics
+
+
+def test_the_pump_proposer_reads_only_the_dense_scale_it_matches_on(tmp_path):
+    from matchmill.manifests.schemas import FEATURES
+    from matchmill.manifests.storage import write_manifest
+    from matchmill.pipeline.config import load_config
+    from matchmill.stages.feature_store import FeatureStore
+    from matchmill.stages.registry import build_method
+
+    from .conftest import DEMO_CONFIG
+
+    conf = load_config(DEMO_CONFIG, ["extract.method=pump", "propose.method=pump-pyramid", "propose.post_filter=false"])
+    extractor = build_method("extract", conf["extract"])
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 96, 3), np.uint8)
+    run = f"file://{tmp_path}"
+    rows = []
+    for i in range(2):
+        tensors = extractor(image)
+        tensors["scale"] = np.asarray(tensors.pop("net_scale"), np.float64)
+        url = f"{run}/artifacts/p/{i}.safetensors"
+        write_artifact(url, tensors)
+        rows.append({"image_id": f"im{i}", "method": "pump", "width": 96, "height": 64, "num_keypoints": 0,
+                     "artifact_uri": url, "seconds": 0.0, "status": "ok", "error": None})
+    write_manifest(pa.Table.from_pylist(rows, schema=FEATURES), f"{run}/extract/part-0.parquet", "extract")
+    store = FeatureStore(run)
+    f0, f1 = store.get("im0"), store.get("im1")
+    matches, scores = build_method("propose", conf["propose"])(f0, f1)
+    assert len(matches) > 0
+    stored = sorted(k for k in f0 if k.startswith("dense_") and k != "dense_scales")
+    assert stored == ["dense_0", "dense_1", "dense_2"]  # scales 1, 0.71, 0.5 were written ...
+    assert sorted(f0._arrays) == ["dense_2", "dense_scales", "scale"]  # ... base_scale 0.5 read one of them

@@ -230,7 +230,7 @@ def test_non_mutual_union_and_threshold() -> None:
 
 def test_empty_results_have_fixed_shapes() -> None:
     out = _hand_out()
-    matches, scores = NCNet({"threshold": 1.0}).extract_matches(out)  # softmax scores never exceed 1
+    matches, scores = NCNet({"nc_threshold": 1.0}).extract_matches(out)  # softmax scores never exceed 1
     assert tuple(matches.shape) == (0, 4) and tuple(scores.shape) == (0,)
     assert matches.dtype == torch.float32 and scores.dtype == torch.float32
     empty = torch.zeros(1, 1, 0, 2, 2, 2)

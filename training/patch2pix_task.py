@@ -119,7 +119,7 @@ class Patch2PixTask(TrainTask):
         from matchmill.models.patch2pix import DEFAULT_CONF, cpu_sized
 
         base = cpu_sized(DEFAULT_CONF) if self.task_conf["cpu_sized"] else dict(DEFAULT_CONF)
-        return {**base, **(self.task_conf["net"] or {}), "match_threshold": float(self.task_conf["confidence"])}
+        return {**base, **(self.task_conf["net"] or {}), "confidence": float(self.task_conf["confidence"])}
 
     def build_net(self) -> nn.Module:
         from matchmill.models.patch2pix import Patch2Pix
