@@ -8,10 +8,10 @@
 (c) extraction calls vs unique images on an exhaustive pair list (all N(N-1)/2 pairs of the demo
     scene): matchmill extracts N times, a pair-at-a-time loop N(N-1) times;
 (d) speed-up of matchmill over a sequential immatch-style loop (benchmarks/sequential_loop.py) on
-    the same pairs with the same stage code, for the SIFT chain and the Patch2Pix chain
+    the same pairs with the same stage code, for the SIFT, Patch2Pix and PUMP chains
     (ResNet34 + NCNet + CPU-sized Patch2Pix, small images, few pairs); both must produce the same
     matches per pair;
-(e) driver peak RSS (VmHWM of the driver process alone) for 1k vs 10k pairs through cheap stages
+(e) driver peak RSS (VmHWM of the driver process alone) for 1k vs 100k pairs (quick: 10k) through cheap stages
     (benchmarks/driver_rss.py); the ratio must stay near 1;
 (f) matchmill against the loop a user writes (benchmarks/beat_the_loop.py, issue 11): all pairs of
     a 640x480 scene, SIFT 2048 + mutual NN 0.9 + pydegensac F, 2 actors per stage, against an
@@ -72,12 +72,13 @@ class Sizes:
     loop_size: tuple[int, int]  # (f) image size (width, height)
 
 
-FULL = Sizes(14, 40, 48, (640, 480), 14, 8, (320, 240), (1000, 10000), None, 24, (640, 480))
+FULL = Sizes(14, 40, 48, (640, 480), 14, 8, (320, 240), (1000, 100000), "verify", 24, (640, 480))
 QUICK = Sizes(10, 20, 24, (640, 480), 8, 5, (240, 180), (1000, 10000), "propose", 10, (640, 480))
 
 #: Execution keys of the matchmill side of (d): every Ray stage with one actor per core.
 TWO_ACTORS = [f"{s}.actors=2" for s in RAY_STAGES] + [f"{s}.num_cpus=1" for s in RAY_STAGES]
 PATCH2PIX = ["extract.method=resnet34", "propose.method=ncnet", "refine.method=patch2pix", "refine.cpu_sized=true"]
+PUMP = ["extract.method=pump", "propose.method=pump-pyramid"]
 
 
 def ratio(a: float, b: float) -> float:
@@ -105,7 +106,9 @@ def compare_chain(out: Path, name: str, scene: Path, chain: list[str], resize: i
                  *chain, *TWO_ACTORS]
     wall, _ = run_cli(["run", str(CONFIG), *overrides])
     run_url = f"file://{out}/{name}/{name}"
-    stage_seconds = sum(read_commit(run_url, s).seconds for s in ("pairs", "images", *RAY_STAGES, "metrics"))
+    from matchmill.pipeline.runner import run_seconds
+
+    stage_seconds = run_seconds(run_url)  # the streamed stages' shared execution counted once
     verified = read_stage(run_url, "verify", columns=["pair_id", "num_matches", "num_inliers"])
     pairs = read_stage(run_url, "pairs")
 
@@ -135,34 +138,34 @@ def section_overhead(out: Path, sizes: Sizes) -> dict:
     ensure_demo_scene(scene, num_cameras=sizes.overhead_cameras)
     r = measure_overhead(out / "overhead", [f"data.root={scene}", f"pairs.max_pairs_per_scene={sizes.overhead_pairs}"])
     stages = {}
-    for stage in RAY_STAGES:
-        rows, ray_s, loop_s = r.stage_rows[stage], r.stage_seconds[stage], r.inprocess_seconds[stage]
-        stages[stage] = {"rows": rows, "matchmill_seconds": ray_s, "matchmill_rows_per_s": ratio(rows, ray_s),
-                         "inprocess_seconds": loop_s, "inprocess_rows_per_s": ratio(rows, loop_s),
-                         "overhead": ratio(ray_s, loop_s)}
+    # extract runs alone; propose -> refine -> verify stream as one execution, measured as one
+    groups = {"extract": ("extract",), "propose+refine+verify": ("propose", "refine", "verify")}
+    for name, members in groups.items():
+        rows, ray_s = r.stage_rows[members[0]], r.stage_seconds[members[0]]
+        loop_s = sum(r.inprocess_seconds[m] for m in members)
+        stages[name] = {"rows": rows, "matchmill_seconds": ray_s, "matchmill_rows_per_s": ratio(rows, ray_s),
+                        "inprocess_seconds": loop_s, "inprocess_rows_per_s": ratio(rows, loop_s),
+                        "overhead": ratio(ray_s, loop_s)}
     return {"pairs": r.pairs, "unique_images": r.unique_images, "extract_calls": r.extract_rows,
             "cli_seconds": r.wall_seconds, "compute_seconds": r.compute_seconds,
             "overhead": ratio(r.wall_seconds, r.compute_seconds),
-            "stage_overhead": ratio(sum(r.stage_seconds.values()), r.compute_seconds), "stages": stages}
+            "stage_overhead": ratio(r.run_seconds, r.compute_seconds), "stages": stages}
 
 
 def print_report(res: dict) -> None:
-    a, b, (sift, p2p), e = res["overhead"], res["scaling"], res["chains"], res["driver_rss"]
+    a, b, (sift, *learned), e = res["overhead"], res["scaling"], res["chains"], res["driver_rss"]
     print(f"\n(a) stage throughput, {a['pairs']} pairs / {a['unique_images']} images (demo scene), "
           "matchmill run vs the same stage code in-process")
-    print(f"    {'stage':<8} {'rows':>6} {'matchmill s':>12} {'rows/s':>8} {'in-proc s':>10} {'rows/s':>8} {'ratio':>6}")
+    print(f"    {'stage':<22} {'rows':>6} {'matchmill s':>12} {'rows/s':>8} {'in-proc s':>10} {'rows/s':>8} {'ratio':>6}")
     for stage, s in a["stages"].items():
-        busy = s["inprocess_seconds"] >= 0.05  # identity refinement computes nothing: no meaningful ratio
-        print(f"    {stage:<8} {s['rows']:>6} {s['matchmill_seconds']:>12.2f} {s['matchmill_rows_per_s']:>8.1f} "
+        busy = s["inprocess_seconds"] >= 0.05
+        print(f"    {stage:<22} {s['rows']:>6} {s['matchmill_seconds']:>12.2f} {s['matchmill_rows_per_s']:>8.1f} "
               f"{s['inprocess_seconds']:>10.2f} " + (f"{s['inprocess_rows_per_s']:>8.1f} {s['overhead']:>5.2f}x"
                                                      if busy else f"{'-':>8} {'-':>6}"))
     print(f"(b) extract throughput {b['images']} images {b['size']}: 1 actor {b['1']:.2f} img/s, "
           f"2 actors {b['2']:.2f} img/s")
     print(f"(e) driver peak RSS: " + ", ".join(f"{r['pairs']} pairs {r['peak_mib']:.0f} MiB" for r in e["runs"])
           + f" (through {e['until'] or 'metrics'})")
-    idle = a["stages"]["refine"]["matchmill_seconds"]  # identity refinement: a Ray stage with no compute
-    print(f"    a Ray stage with no compute (identity refine) takes {idle:.1f} s here: actor processes start, "
-          "import their libraries, build the method")
     rows = [
         ("pipeline overhead: `matchmill run` wall / in-process compute", f"{a['overhead']:.2f}x"),
         ("  same, stage wall times only (no process / Ray start-up)", f"{a['stage_overhead']:.2f}x"),
@@ -173,7 +176,7 @@ def print_report(res: dict) -> None:
         ("  sequential loop: extraction calls / unique images",
          f"{sift['loop_extract_calls']} / {sift['images']} = {ratio(sift['loop_extract_calls'], sift['images']):.2f}"),
     ]
-    for c in (sift, p2p):
+    for c in (sift, *learned):
         rows.append((f"speed-up vs sequential loop, {c['chain']} ({c['pairs']} pairs, {c['image_size']} px): "
                      "stages / CLI wall", f"{c['speedup_stages']:.2f}x / {c['speedup_cli']:.2f}x"))
         rows.append((f"  {c['chain']}: same matches per pair as the loop", "yes" if c["same_matches"] else "NO"))
@@ -236,7 +239,9 @@ def main() -> int:
     width, height = sizes.patch2pix_size
     ensure_demo_scene(p2p_scene, num_cameras=sizes.patch2pix_cameras, width=width, height=height)
     p2p = compare_chain(out, "patch2pix", p2p_scene, PATCH2PIX, max(width, height))
-    res["chains"] = [sift, p2p]
+    print("(d) PUMP chain vs sequential loop ...", flush=True)
+    pump = compare_chain(out, "pump", p2p_scene, PUMP, max(width, height))
+    res["chains"] = [sift, p2p, pump]
 
     print("(e) driver peak RSS ...", flush=True)
     runs = [asdict(measure_driver_memory(out / "driver_rss", n, sizes.rss_until)) for n in sizes.rss_pairs]

@@ -38,6 +38,7 @@ class OverheadResult:
     stage_rows: dict[str, int] = field(default_factory=dict)  # per stage, from its commit marker
     stage_seconds: dict[str, float] = field(default_factory=dict)  # per stage wall time in the run
     inprocess_seconds: dict[str, float] = field(default_factory=dict)  # same stage code, no Ray
+    run_seconds: float = 0.0  # the run's stage executions, the streamed stages' shared one counted once
 
     @property
     def compute_seconds(self) -> float:
@@ -69,6 +70,9 @@ def measure_overhead(out: Path, overrides: list[str], config: Path = CONFIG) -> 
     for stage in RAY_STAGES:
         commit = read_commit(run_url, stage)
         result.stage_rows[stage], result.stage_seconds[stage] = commit.rows, commit.seconds
+    from matchmill.pipeline.runner import run_seconds
+
+    result.run_seconds = run_seconds(run_url)
 
     conf = load_config(config, [f"storage=file://{out}/inproc", *overrides])
     inproc = run_inprocess(conf, f"file://{out}/inproc/{conf['run_name']}", pairs)

@@ -204,7 +204,7 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
     groups = group_states(states)
     i = 0
     # Ray starts in this (main) thread while a helper thread runs the driver stages before extract
-    if needs_ray and groups and groups[0][0].spec.kind == "driver":
+    if needs_ray and groups and groups[0][0].spec.kind == "driver" and _overlap_safe(conf):
         lead = []
         while i < len(groups) and groups[i][0].spec.kind == "driver":
             lead.append(groups[i])
@@ -245,6 +245,17 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
 
         result.metrics = read_summary(url)
     return result
+
+
+def _overlap_safe(conf: dict) -> bool:
+    """Whether the driver stages may run in a thread while Ray starts.
+
+    Pair lists (``pairs_file``: text or Parquet) are pure Python and Arrow. Scene sources read
+    COLMAP models through pycolmap (and the demo renders its scene first): native libraries whose
+    logging set-up must not race Ray's core-worker start (a run hung once in the test suite with
+    the two overlapping), so those stages run before Ray starts.
+    """
+    return conf["data"]["source"] == "pairs_file"
 
 
 def _start_ray(conf: dict, address: str | None, verbose: bool) -> None:
@@ -289,12 +300,31 @@ def _prepare(state: StageState, url: str) -> None:
     write_started(url, state.spec.name, state.config_hash)
 
 
-def _commit(state: StageState, conf: dict, url: str, seconds: float) -> tuple[int, int]:
+def _commit(state: StageState, conf: dict, url: str, seconds: float, execution: tuple[str, ...] = ()) -> tuple[int, int]:
+    """Count the stage's rows and write its commit marker (with the config it computed from and,
+    for streamed stages, the stages that shared its execution and its ``seconds``)."""
     spec = state.spec
     rows, failed = count_rows(url, spec)
-    write_commit(url, CommitInfo(spec.name, spec.manifest, state.config_hash, rows, failed, seconds=seconds,
-                                 extra={"config": _jsonable(stage_config(conf, spec))}))
+    extra = {"config": _jsonable(stage_config(conf, spec))}
+    if len(execution) > 1:
+        extra["execution"] = list(execution)
+    write_commit(url, CommitInfo(spec.name, spec.manifest, state.config_hash, rows, failed, seconds=seconds, extra=extra))
     return rows, failed
+
+
+def run_seconds(run_url: str) -> float:
+    """Wall seconds of a run's committed stages, each execution counted once (the streamed stages
+    share one execution and record its time each)."""
+    total, seen = 0.0, set()
+    for spec in STAGES:
+        commit = read_commit(run_url, spec.name)
+        if commit is None:
+            continue
+        execution = tuple(commit.extra.get("execution") or (spec.name,))
+        if execution not in seen:
+            seen.add(execution)
+            total += commit.seconds
+    return total
 
 
 def run_driver(state: StageState, conf: dict, url: str) -> StageReport:
@@ -420,7 +450,7 @@ def run_ray_group(group: list[StageState], conf: dict, url: str, echo) -> list[S
     names = tuple(s.spec.name for s in todo)
     for state in todo:
         name = state.spec.name
-        rows, failed = _commit(state, conf, url, seconds)
+        rows, failed = _commit(state, conf, url, seconds, names)
         action = "resumed" if done[name] else "ran"
         others = tuple(n for n in names if n != name) if len(names) > 1 else ()
         reports[name] = StageReport(name, action, rows, failed, computed[name], seconds, state.config_hash, others)
