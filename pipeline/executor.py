@@ -158,9 +158,11 @@ class StageActor:
     through untouched (conformed to this stage's output schema).
     """
 
-    def __init__(self, implementation: str, conf: dict, run_url: str, config_hash: str, position: int, manifest: str):
+    def __init__(self, implementation: str, conf: dict, run_url: str, config_hash: str, position: int, manifest: str,
+                 read_args: dict | None = None):
         from .graph import _import
 
+        self.read_args = read_args  # the segment's first pool reads its input ranges itself
         _trace("actor-init-start", implementation)
         self.impl = _import(implementation)(conf, run_url, config_hash)
         _trace("actor-init-end", implementation)
@@ -169,6 +171,8 @@ class StageActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         _trace("actor-call", str(self.position))
+        if self.read_args is not None:
+            batch = read_blocks(batch, **self.read_args)
         return apply_stage(self.impl, batch, self.position, self.schema)
 
 
@@ -249,19 +253,26 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
     if not items:
         return 0
     filters = {i.position: {"keep": i.keep, "drop": i.drop} for i in inputs}
+    read_args = {"carrier": carrier, "key": key, "filters": filters}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(
-        read_blocks,
-        fn_kwargs={"carrier": carrier, "key": key, "filters": filters},
-        batch_size=1,
-        num_cpus=0,  # IO only: must never wait for CPUs held by the actor pools
-        compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
-        batch_format="pyarrow",
-    )
+    if plans[0].stateless:  # nothing to host the reads: read in zero-CPU tasks
+        ds = ds.map_batches(
+            read_blocks,
+            fn_kwargs=read_args,
+            batch_size=1,
+            num_cpus=0,  # IO only: must never wait for CPUs held by the actor pools
+            compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
+            batch_format="pyarrow",
+        )
     for plan in plans:
         spec, section = plan.spec, conf[plan.spec.name]
         args = dict(implementation=spec.implementation, conf=conf, run_url=run_url,
                     config_hash=plan.config_hash, position=plan.position, manifest=spec.manifest)
+        reads_here = plan is plans[0] and not plan.stateless
+        if reads_here:
+            # the first pool reads its own blocks (one read range per call): no read tasks, hence no
+            # extra worker processes, which cost a second of CPU each on a small machine
+            args["read_args"] = read_args
         if plan.stateless:
             ds = ds.map_batches(stateless_stage, fn_kwargs=args, batch_size=int(section["batch_size"]),
                                 num_cpus=0, compute=ray.data.TaskPoolStrategy(size=WRITE_TASKS),
@@ -272,7 +283,7 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
             ds = ds.map_batches(
                 StageActor,
                 fn_constructor_kwargs=args,
-                batch_size=int(section["batch_size"]),
+                batch_size=1 if reads_here else int(section["batch_size"]),
                 compute=ray.data.ActorPoolStrategy(size=int(section["actors"])),
                 num_cpus=plan.cpus,
                 num_gpus=num_gpus,
