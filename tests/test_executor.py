@@ -250,3 +250,28 @@ def test_the_pump_proposer_reads_only_the_dense_scale_it_matches_on(tmp_path):
     stored = sorted(k for k in f0 if k.startswith("dense_") and k != "dense_scales")
     assert stored == ["dense_0", "dense_1", "dense_2"]  # scales 1, 0.71, 0.5 were written ...
     assert sorted(f0._arrays) == ["dense_2", "dense_scales", "scale"]  # ... base_scale 0.5 read one of them
+
+
+def test_gc_removes_only_what_no_committed_stage_uses(tmp_path):
+    from matchmill.manifests.commit import CommitInfo, write_commit, write_started
+    from matchmill.manifests.storage import write_bytes_atomic
+    from matchmill.pipeline.gc import collect_garbage
+
+    run = f"file://{tmp_path}/run"
+    keep = "a" * 40
+    write_commit(run, CommitInfo("extract", "extract", keep, rows=1, failed=0))
+    write_artifact(f"{run}/artifacts/{keep[:12]}/00/x.safetensors", {"k": np.zeros(4, np.float32)})
+    write_artifact(f"{run}/artifacts/{'b' * 12}/00/x.safetensors", {"k": np.zeros(1000, np.float32)})
+    write_bytes_atomic(f"{run}/propose/part-1.parquet", b"parquet bytes")
+    (tmp_path / "run" / "propose" / ".tmp-dead-part-2.parquet").write_bytes(b"x" * 10)
+    write_started(run, "verify", "c" * 40)  # a partial stage: kept unless --partial
+    listed, freed = collect_garbage(run, dry_run=True)
+    assert sorted(u.rsplit("/", 2)[-2:][-1] for u in listed) == [".tmp-dead-part-2.parquet", "b" * 12]
+    assert (tmp_path / "run" / "artifacts" / ("b" * 12)).exists() and freed > 4000  # dry run: nothing removed
+    collect_garbage(run)
+    assert not (tmp_path / "run" / "artifacts" / ("b" * 12)).exists()
+    assert (tmp_path / "run" / "artifacts" / keep[:12]).exists()
+    assert (tmp_path / "run" / "propose" / "part-1.parquet").exists()
+    assert (tmp_path / "run" / "verify").exists()
+    removed, _ = collect_garbage(run, partial=True)
+    assert [u.rsplit("/", 1)[-1] for u in removed] == ["verify"] and not (tmp_path / "run" / "verify").exists()
