@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 
 from matchmill.manifests.storage import join
-from matchmill.pipeline.config import EXECUTION_KEYS, ConfigError, parse_override, resolve, set_dotted
+from matchmill.pipeline.config import EXECUTION_KEYS, ConfigError, parse_override, read_user_config, resolve, set_dotted
 
 from .methods import METHOD_PRESETS, check_registered
 
@@ -111,15 +110,10 @@ def method_config(
     check_registered(method, presets[method])
     user: dict = {}
     if base_config:
-        path = Path(base_config)
-        if not path.is_file():
-            raise ConfigError(f"--config: {str(path)!r} does not exist")
         try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {str(path)!r}: invalid YAML ({' '.join(str(exc).split())})") from exc
-        if not isinstance(user, dict):
-            raise ConfigError(f"--config {str(path)!r}: top level must be a mapping")
+            user = read_user_config(base_config)
+        except ConfigError as exc:
+            raise ConfigError(f"--config: {exc}") from exc
     bench_keys: dict[str, Any] = {
         "storage": join(out_url, "runs"),
         "run_name": method,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterable
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -30,12 +29,9 @@ def write_artifact(url: str, tensors: dict[str, np.ndarray], metadata: dict[str,
     write_bytes_atomic(url, st_save(arrays, metadata=metadata))
 
 
-def read_artifact(url: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """All arrays of an artifact, or only ``keys`` (read by byte range, see :class:`ArtifactReader`)."""
-    if keys is None:
-        return st_load(read_bytes(url))
-    reader = ArtifactReader(url)
-    return {k: reader.read(k) for k in keys}
+def read_artifact(url: str) -> dict[str, np.ndarray]:
+    """All arrays of an artifact (single arrays by byte range: :class:`ArtifactReader`)."""
+    return st_load(read_bytes(url))
 
 
 #: safetensors dtype names -> numpy dtypes (the ones our artifacts use, and their neighbours).

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .graph import EXECUTION_DEFAULTS, EXECUTION_KEYS, STAGES  # noqa: F401 - re-exported
+from .graph import EXECUTION_DEFAULTS, EXECUTION_KEYS, RAY_STAGES, STAGES  # noqa: F401 - re-exported
 
 #: The job's own keys; each stage's section comes from its spec (pipeline/graph.py).
 JOB_DEFAULTS: dict[str, Any] = {
@@ -47,10 +47,6 @@ JOB_DEFAULTS: dict[str, Any] = {
 def method_sections() -> tuple[str, ...]:
     """Stages whose section has a ``method`` key (extract, propose, refine)."""
     return tuple(s.name for s in STAGES if s.has_method)
-
-
-def ray_sections() -> tuple[str, ...]:
-    return tuple(s.name for s in STAGES if s.kind == "ray")
 
 
 class ConfigError(ValueError):
@@ -229,7 +225,7 @@ def _check_values(conf: dict) -> None:
                 raise ConfigError(f"{section}.amp: {conf[section]['amp']!r} is not one of {'|'.join(AMP_CHOICES)}")
     if not 0.0 <= float(conf["max_failed_fraction"]) <= 1.0:
         raise ConfigError(f"max_failed_fraction: must be in [0, 1], got {conf['max_failed_fraction']}")
-    for section in ray_sections():
+    for section in RAY_STAGES:
         sec = conf[section]
         if sec["actors"] < 1:
             raise ConfigError(f"{section}.actors: must be >= 1, got {sec['actors']}")

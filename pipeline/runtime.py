@@ -6,9 +6,9 @@ import logging
 import os
 import time
 
-log = logging.getLogger(__name__)
+from .graph import RAY_STAGES
 
-from .graph import RAY_STAGES  # noqa: E402
+log = logging.getLogger(__name__)
 
 #: Seconds a run that joins a cluster waits for the GPUs / custom resources it needs to register.
 CLUSTER_WAIT_SECONDS = 120.0

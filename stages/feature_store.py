@@ -104,13 +104,10 @@ class FeatureStore:
     def _loaded(self, feats: LazyFeatures, nbytes: int) -> None:
         self.bytes += nbytes
         # evict least recently used images (never the one just loaded) until within the bound
-        while self.bytes > self.cache_bytes and len(self.cache) > 1:
-            oldest_id = next(iter(self.cache))
-            if oldest_id == feats.image_id:
-                self.cache.move_to_end(oldest_id)
-                oldest_id = next(iter(self.cache))
-                if oldest_id == feats.image_id:
-                    break
-            old = self.cache.pop(oldest_id)
+        while self.bytes > self.cache_bytes:
+            victim = next((i for i in self.cache if i != feats.image_id), None)
+            if victim is None:
+                break
+            old = self.cache.pop(victim)
             self.bytes -= old.nbytes
             old._arrays.clear()

@@ -35,7 +35,7 @@ class VerifyActor:
         self.conf = conf["verify"]
         limit_threads(self.conf["num_cpus"])
         self.run_url = run_url
-        self._sizes: dict[str, tuple[int, int]] | None = None
+        self._features = None  # the extract manifest, read on the first pair that needs an image size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return process_rows(batch, self.verify_one, VERIFIED, stage="verify", key="pair_id")
@@ -44,13 +44,11 @@ class VerifyActor:
         """(width, height) of an original image from the extract manifest (read once per actor)."""
         if self.run_url is None:
             return None
-        if self._sizes is None:
-            from matchmill.manifests.commit import read_stage
+        if self._features is None:
+            from .feature_store import FeatureStore
 
-            t = read_stage(self.run_url, "extract", columns=["image_id", "width", "height"])
-            self._sizes = {i: (w, h) for i, w, h in zip(*(t.column(c).to_pylist() for c in ("image_id", "width", "height")))
-                           if w is not None and h is not None}
-        return self._sizes.get(image_id)
+            self._features = FeatureStore(self.run_url)
+        return self._features.image_size(image_id)
 
     def verify_one(self, row: Row) -> dict:
         c = self.conf
