@@ -51,7 +51,7 @@ def _common_options(parser: argparse.ArgumentParser, resize_help: str) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``bench`` with its ``hpatches``, ``pose`` and ``megadepth1500`` subcommands."""
+    """Add ``bench`` with its ``hpatches``, ``pose``, ``megadepth1500`` and ``card`` subcommands."""
     bench = subparsers.add_parser("bench", help="run a benchmark (HPatches, pose pairs, MegaDepth-1500)")
     sub = bench.add_subparsers(dest="benchmark", required=True)
 
@@ -79,6 +79,10 @@ def register(subparsers: Any) -> None:
 
     _common_options(md, f"long image side fed to the extractors (default: {DEFAULT_RESIZE}, LoFTR)")
     md.set_defaults(func=cmd_megadepth1500)
+
+    from .model_card import register as register_card
+
+    register_card(sub)  # ``matchmill bench card``: the model card's table (evaluation/model_card.py)
 
 
 def _as_config_error(fn: Callable[[], Any]) -> Any:

@@ -41,6 +41,10 @@ def default_history_url(out: str) -> str:
 def _file_sha256(path: str) -> str:
     import fsspec
 
+    from matchmill.weights import is_shipped, shipped_path
+
+    if is_shipped(path):  # shipped:NAME -> the file in the installed package
+        path = str(shipped_path(path))
     digest = hashlib.sha256()
     with fsspec.open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -10,18 +10,48 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Preset name -> dotted config overrides (values as Python objects).
+#: The shipped weights of each learned net (``weights/``, see weights/MODEL_CARD.md).
+PUMP_WEIGHTS = "shipped:pump-convmixer-cpu"
+PUMP_NC_WEIGHTS = "shipped:ncnet-pump-cpu"
+PUMP_P2P_WEIGHTS = "shipped:patch2pix-pump-cpu"
+RESNET_NC_WEIGHTS = "shipped:ncnet-resnet34-seed0"
+RESNET_P2P_WEIGHTS = "shipped:patch2pix-resnet34-seed0"
+
+#: Preset name -> dotted config overrides (values as Python objects). Learned presets use the
+#: shipped weights; ``<preset>:<stage>.weights=PATH`` (or ``=null``, a random init) replaces them.
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # classical baseline: OpenCV SIFT -> mutual nearest neighbours -> no refinement
     "sift": {"extract.method": "sift", "propose.method": "mnn", "refine.method": "identity"},
-    # Patch2Pix: ResNet34 pyramid -> NCNet 4D-consensus proposals -> mid + fine regressors
-    "patch2pix": {"extract.method": "resnet34", "propose.method": "ncnet", "refine.method": "patch2pix"},
+    # the learned chain: PUMP ConvMixer pyramid -> NCNet 4D-consensus proposals -> Patch2Pix regressors
+    "pump-ncnet-patch2pix": {
+        "extract.method": "pump",
+        "extract.weights": PUMP_WEIGHTS,
+        "extract.pyramid": True,
+        "extract.dense": False,
+        "propose.method": "ncnet",
+        "propose.weights": PUMP_NC_WEIGHTS,
+        "refine.method": "patch2pix",
+        "refine.weights": PUMP_P2P_WEIGHTS,
+        "refine.feat_channels": [3, 128, 128, 128],
+    },
+    # Patch2Pix: ResNet34 pyramid (seed-0 init: no ImageNet weights here) -> NCNet -> regressors
+    # trained on it; users with torchvision weights set extract.weights and train their own NC / regressors
+    "patch2pix": {
+        "extract.method": "resnet34",
+        "propose.method": "ncnet",
+        "propose.weights": RESNET_NC_WEIGHTS,
+        "refine.method": "patch2pix",
+        "refine.weights": RESNET_P2P_WEIGHTS,
+    },
     # PUMP: dense ConvMixer descriptors -> pyramidal dense matching
-    "pump": {"extract.method": "pump", "propose.method": "pump-pyramid", "refine.method": "identity"},
+    "pump": {"extract.method": "pump", "extract.weights": PUMP_WEIGHTS, "propose.method": "pump-pyramid",
+             "refine.method": "identity"},
     # PUMP descriptors sampled at SIFT keypoints -> mutual nearest neighbours
     "pump-sift-mnn": {
         "extract.method": "pump",
+        "extract.weights": PUMP_WEIGHTS,
         "extract.keypoints": "sift",
+        "extract.dense": False,
         "propose.method": "mnn",
         "refine.method": "identity",
     },

@@ -61,7 +61,7 @@ __all__ = [
     "read_summary", "run_bench", "subsample_evenly", "to_url",
 ]
 
-BENCHMARKS = ("hpatches", "pose", "megadepth1500")
+BENCHMARKS = ("hpatches", "oxford", "pose", "megadepth1500")  # oxford: Oxford affine scenes (homography GT, as hpatches)
 
 
 @dataclass

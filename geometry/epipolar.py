@@ -31,11 +31,20 @@ def fundamental_from_pose(K0: np.ndarray, K1: np.ndarray, T_0to1: np.ndarray) ->
 def sampson_distance_sq(F: np.ndarray, x0: np.ndarray, x1: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """Squared Sampson distance (px^2) of correspondences, shape (N,).
 
+    ``F`` is first scaled to unit Frobenius norm, so the result does not depend on the scale of
+    ``F``, hence of the pose's translation (COLMAP units are arbitrary). Without it a small
+    translation shrinks F until ``eps`` dominates the denominator and every correspondence,
+    right or wrong, gets a distance near 0. Same as
+    :func:`matchmill.models.patch2pix.sampson_distance_sq_torch`.
+
     Args:
-        F: (3, 3) fundamental matrix with x1^T F x0 = 0.
+        F: (3, 3) fundamental matrix with x1^T F x0 = 0 (any non-zero scale).
         x0: (N, 2) pixels in image 0.
         x1: (N, 2) pixels in image 1.
+        eps: added to the denominator, computed with the normalised F.
     """
+    F = np.asarray(F, dtype=np.float64).reshape(3, 3)
+    F = F / max(float(np.linalg.norm(F)), np.finfo(np.float64).tiny)
     x0 = np.asarray(x0, dtype=np.float64).reshape(-1, 2)
     x1 = np.asarray(x1, dtype=np.float64).reshape(-1, 2)
     if len(x0) != len(x1):

@@ -120,6 +120,11 @@ def _validate_conf(conf: Mapping[str, Any]) -> None:
 CPU_CONF: dict[str, Any] = cpu_sized(DEFAULT_CONF)
 
 _NORM_EPS = 1e-6  # per-pixel L2 normalisation epsilon of the gathered windows
+# Window centres within this many pixels of an integer are snapped to it before truncation: an
+# integer pixel mapped to original pixels and back (geometry.frames, float32) comes back a few
+# 1e-6 px off, and 99.99999 must not truncate to 99 (a window one pixel off). Exact integers and
+# everything farther than this from an integer truncate as before.
+_SNAP_TOL = 1e-3
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +175,11 @@ def _window_pieces(levels: PyramidTables, centers: Tensor, psize: int, eps: floa
         raise ValueError(f"centers must have shape (N, 2), got {tuple(centers.shape)}")
     n = centers.shape[0]
     device = levels.tables[0].device
-    cell = torch.trunc(centers.detach()).to(device=device, dtype=torch.long)  # (N, 2) int(x), int(y)
+    c = centers.detach()
+    if c.is_floating_point():
+        nearest = torch.round(c)
+        c = torch.where((c - nearest).abs() <= _SNAP_TOL, nearest, c)
+    cell = torch.trunc(c).to(device=device, dtype=torch.long)  # (N, 2) int(x), int(y)
     offsets = torch.arange(psize, device=device) - psize // 2  # (P,)
     px = cell[:, 0:1] + offsets  # (N, P) pixel x of each window column
     py = cell[:, 1:2] + offsets  # (N, P) pixel y of each window row
@@ -195,7 +204,9 @@ def collect_patch_features(
 ) -> Tensor:
     """Gather a psize x psize pixel window of multi-level features around each centre.
 
-    The centre is truncated to integers (``int(x), int(y)``); the window covers pixel offsets
+    The centre is truncated to integers (``int(x), int(y)``), after snapping coordinates within
+    ``_SNAP_TOL`` (1e-3 px) of an integer to it (float round-trip noise of frame conversions
+    must not move a window by a pixel); the window covers pixel offsets
     ``d in {-psize/2, ..., psize/2 - 1}``. Level ``j`` with stride ``s_j`` is read at cell
     ``(floor((y + dy) / s_j), floor((x + dx) / s_j))`` clamped to the map, i.e. every level is
     replicated (nearest neighbour) onto the same pixel grid. The levels are concatenated and
@@ -590,8 +601,8 @@ def patch2pix_loss(
 
     - labels (no gradient): mid = ``phi(inputs) < t_cls_mid``, fine = ``phi(mid) < t_cls_fine``;
     - ``cls = BCE_bal(mid_conf, mid labels) + BCE_bal(fine_conf, fine labels)``; when either
-      stage has zero positives the classification part is skipped for this pair
-      (``cls_valid = False``, ``cls = 0``);
+      stage has zero positives the whole pair is skipped, classification AND geometric parts
+      (``cls_valid = geo_valid = False``, ``loss = 0``; spec: "the pair contributes nothing");
     - ``geo_mid = mean phi(mid)`` over inputs with ``phi(inputs) < t_geo_mid``;
       ``geo_fine = mean phi(fine)`` over those with ``phi(mid) < t_geo_fine`` (selection
       without gradient); an empty selection skips that term;
@@ -640,8 +651,9 @@ def patch2pix_loss(
         cls_mid = cls_fine = zero
     cls = cls_mid + cls_fine
 
-    sel_mid = phi_in < c["geo_thresholds"][0]
-    sel_fine = phi_mid_ng < c["geo_thresholds"][1]
+    # spec §4: a pair where either stage has zero positives contributes nothing, geometric part included
+    sel_mid = (phi_in < c["geo_thresholds"][0]) & cls_valid
+    sel_fine = (phi_mid_ng < c["geo_thresholds"][1]) & cls_valid
     geo_mid = phi_mid[sel_mid].mean() if bool(sel_mid.any()) else zero
     geo_fine = phi_fine[sel_fine].mean() if bool(sel_fine.any()) else zero
     geo_valid = bool(sel_mid.any()) or bool(sel_fine.any())

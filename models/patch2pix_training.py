@@ -357,7 +357,8 @@ def make_training_example(
             feats = [[f.detach() for f in backbone(normalize_image(fr[0]).to(device))] for fr in frames]
             for i, (fr, fs) in enumerate(zip(frames, feats)):
                 nw, nh = fr[2]
-                want = [(1, 3, nh, nw), (1, 256, nh // 8, nw // 8)]
+                c4 = int(getattr(backbone, "channels", [3, 64, 64, 128, 256])[4])  # resnet34: 256, pump: D
+                want = [(1, 3, nh, nw), (1, c4, nh // 8, nw // 8)]
                 if len(fs) != 5 or [tuple(fs[0].shape), tuple(fs[4].shape)] != want:
                     raise ValueError(f"backbone pyramid of image{i} has shapes {[tuple(f.shape) for f in fs]}, "
                                      f"expected 5 levels with f0 {want[0]} and f4 {want[1]}")

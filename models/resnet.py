@@ -254,7 +254,10 @@ def load_torchvision_state_dict(
     """Load a torchvision ``resnet34`` state dict into the truncated network.
 
     Keys under ``layer4.`` and ``fc.`` are ignored; BatchNorm ``num_batches_tracked`` counters are
-    optional. Values are cast to the model's dtype.
+    optional. Values are cast to the model's dtype. An official Patch2Pix checkpoint (its
+    ``extract.*`` backbone) is recognised and mapped by :func:`matchmill.models.weights.load_weights`
+    (see :mod:`matchmill.models.official_checkpoints`); the returned lists describe the torchvision
+    reading only.
 
     Args:
         model: the network to fill (in place).

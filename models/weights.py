@@ -5,11 +5,18 @@
 (``s3://``, ``gs://``, ``file://``, ``memory://``, ...). A checkpoint dict holding the weights under
 ``"state_dict"`` or ``"model"`` is unwrapped. A file that holds pickled objects or code (a crafted
 ``__reduce__``, a whole pickled ``nn.Module``) is refused with a ``ValueError``; nothing in it runs.
+The authors' released checkpoints carry some plain metadata next to their tensors (an
+``argparse.Namespace`` of training options, NumPy scalars / arrays of losses); when the
+weights-only load stops at one of those, it is retried with exactly these data-only classes
+allowed (:data:`METADATA_GLOBALS`), still weights-only; any other global is refused as before.
 
 :func:`load_weights` checks every key (missing, unexpected, mis-shaped) *before* copying anything
 and names the offending keys and the source; values are cast to the dtype and device of the
 net's own tensors, so it works for a net already moved to ``cuda`` or ``half()``. BatchNorm
 ``num_batches_tracked`` counters are optional (old and converted files lack them).
+A state dict that does not fit the net in its own layout but is recognised as an official released
+checkpoint (PUMP, NCNet, Patch2Pix, torchvision ResNet34, R2D2) is mapped by
+:mod:`matchmill.models.official_checkpoints` and then checked just as strictly.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "METADATA_GLOBALS",
     "OPTIONAL_SUFFIXES",
     "WeightsSource",
     "load_weights",
@@ -39,6 +47,21 @@ WeightsSource = str | Path | Mapping[str, Tensor]
 OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 
 _CHECKPOINT_KEYS = ("state_dict", "model")  # where training checkpoints keep the weights
+
+#: Globals that official checkpoints' metadata needs and that hold data only (no code runs when
+#: they are rebuilt): ``argparse.Namespace`` (rebuilt by updating its ``__dict__``) and NumPy's
+#: scalar / array / dtype reconstruction (numbers and arrays; object arrays hold only what the
+#: weights-only unpickler itself allowed). Names as they appear in pickles of NumPy 1 and 2.
+METADATA_GLOBALS = (
+    "argparse.Namespace",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.dtypes.*DType",
+)
 
 
 def read_state_dict(source: WeightsSource) -> dict[str, Tensor]:
@@ -58,6 +81,10 @@ def read_state_dict(source: WeightsSource) -> dict[str, Tensor]:
     """
     if isinstance(source, Mapping):
         return _as_state_dict(source, "state dict")
+    from matchmill.weights import is_shipped, shipped_path
+
+    if is_shipped(source):  # shipped:NAME -> the file inside the installed package
+        source = shipped_path(str(source))
     if "://" in str(source):
         return _read_url(str(source))
     path = Path(source)
@@ -73,11 +100,45 @@ def _read_local(path: Path) -> object:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if not _is_metadata_global(str(exc)):
+                raise
+        with torch.serialization.safe_globals(_metadata_globals()):  # still weights_only=True
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused the content
         raise ValueError(_refusal(path, str(exc))) from None
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot load weights from {path} (weights-only loading): {exc}") from exc
+
+
+def _is_metadata_global(message: str) -> bool:
+    """Whether the weights-only unpickler stopped at one of :data:`METADATA_GLOBALS`."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if not found:
+        return False
+    name = found.group(1)
+    return name in METADATA_GLOBALS or bool(re.fullmatch(r"numpy\.dtypes\.\w+DType", name))
+
+
+def _metadata_globals() -> list:
+    """The objects of :data:`METADATA_GLOBALS`, as ``torch.serialization.safe_globals`` takes them."""
+    import argparse
+
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    out: list = [argparse.Namespace, np.ndarray, np.dtype]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    dtypes = getattr(np, "dtypes", None)  # NumPy >= 1.25: one class per dtype (pickled dtypes BUILD them)
+    if dtypes is not None:
+        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and isinstance(getattr(dtypes, n), type)]
+    return out
 
 
 def _refusal(path: Path, message: str) -> str:
@@ -181,6 +242,11 @@ def load_weights(
 ) -> None:
     """Fill ``net`` in place from a weights file or a state dict; on any problem nothing is copied.
 
+    The file is first read as ``net``'s own layout. When that does not fit and (without ``key_map``)
+    the keys are recognised as an official released checkpoint ``net`` takes (see
+    :mod:`matchmill.models.official_checkpoints`: PUMP ``PUMP.pt``, Patch2Pix / NCNet checkpoints,
+    torchvision ``resnet34``), the net's part of it is mapped and loaded with the same checks.
+
     Args:
         net: the module to fill; its tensors keep their dtype and device (given values are cast).
         source: see :func:`read_state_dict`.
@@ -193,7 +259,8 @@ def load_weights(
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: refused / unreadable file, or a message naming every missing, unexpected and
-            mis-shaped key (with both shapes) and the source.
+            mis-shaped key (with both shapes) and the source (for an official checkpoint: its
+            layout and the official key names, each with our key after ``->``).
     """
     if where is None:
         where = "state dict" if isinstance(source, Mapping) else str(source)
@@ -202,6 +269,9 @@ def load_weights(
     problems = state_dict_problems(expected, given, strict)
     if prefix and not given:
         problems.insert(0, f"no keys under prefix {prefix!r}")
+    loads_nothing = not any(k in expected for k in given)  # non-strict would silently load nothing
+    if (problems or loads_nothing) and given and key_map is None:
+        given, problems = _official(net, given, problems, strict, where)
     if problems:
         raise ValueError(f"cannot load {type(net).__name__} weights from {where}: " + " | ".join(problems))
     merged = dict(expected)
@@ -209,3 +279,30 @@ def load_weights(
         if key in expected:
             merged[key] = value.detach().to(dtype=expected[key].dtype, device=expected[key].device)
     net.load_state_dict(merged, strict=True)
+
+
+def _official(
+    net: nn.Module, given: dict[str, Tensor], problems: list[str], strict: bool, where: str
+) -> tuple[dict[str, Tensor], list[str]]:
+    """``given`` did not fit ``net``'s own layout: map it when it is an official checkpoint ``net`` takes.
+
+    Returns the state dict to load and the remaining problems (own-layout problems, plus a hint when
+    the file is an official checkpoint of another net). Raises ValueError, naming the layout and the
+    official keys, when the file is recognised but does not map completely.
+    """
+    from . import official_checkpoints as oc
+
+    if oc.detect_layout(net, given) is not None:
+        conv = oc.convert_state_dict(net, given)
+        official_problems = conv.problems(strict)
+        if official_problems:
+            raise ValueError(
+                f"cannot load {type(net).__name__} weights from {where} ({conv.summary}): " + " | ".join(official_problems)
+            )
+        return conv.state, []
+    looks = oc.describe_layout(given) if problems else None  # a hint on an error, never a new error
+    if looks is not None:
+        takes = ", ".join(oc.layouts_for(net)) or "none"
+        problems = [*problems, f"the file looks like official layout {looks!r} ({oc.LAYOUTS[looks]}), which {type(net).__name__} "
+                               f"does not take (official layouts it takes: {takes})"]
+    return given, problems

@@ -1,4 +1,4 @@
-"""Command line: ``matchmill run | status | show | gc | export | demo-data``.
+"""Command line: ``matchmill run | status | show | gc | compare | export | demo-data``.
 
 Exit codes of ``run``: 0 done; 1 done, but a stage's failed rows exceed ``max_failed_fraction``
 (default 0: any failed row; the rows are kept, ``matchmill show RUN STAGE --failed`` lists them);
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--coordinates", choices=("hloc", "colmap"), default="hloc",
                         help="hloc: pixel centres at integers (hloc adds 0.5 itself); colmap: +0.5")
 
+    compare = sub.add_parser("compare", help="metrics of several runs side by side (e.g. the demo's SIFT and learned runs)")
+    compare.add_argument("run_urls", nargs="+")
+
     demo = sub.add_parser("demo-data", help="write the embedded demo scene (MegaDepth format)")
     demo.add_argument("out")
     demo.add_argument("--seed", type=int, default=0)
@@ -102,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_export(args)
         if args.command == "gc":
             return cmd_gc(args)
+        if args.command == "compare":
+            from .status import compare_runs
+
+            print(compare_runs(args.run_urls))
+            return 0
         if getattr(args, "func", None) is not None:
             return int(args.func(args))
     except (ConfigError, StorageError, ManifestError, FileNotFoundError, KeyError) as exc:

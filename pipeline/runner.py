@@ -185,6 +185,16 @@ def preflight(conf: dict, states: list[StageState]) -> None:
         check_source(conf)
 
 
+def _warn_random_init(conf: dict, states: list[StageState], echo) -> None:
+    """One line when a learned method of a stage that will run has no weights."""
+    from matchmill.stages.registry import random_init_warning
+
+    running = tuple(s.spec.name for s in states if s.action != "skip" and s.spec.name in ("extract", "propose", "refine"))
+    line = random_init_warning(conf, running) if running else None
+    if line:
+        echo(f"matchmill: {line}")
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -199,6 +209,7 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
     specs = list(STAGES[: last + 1])
     states = plan_stages(conf, url, hashes, specs, overwrite)
     preflight(conf, states)
+    _warn_random_init(conf, states, echo)
     result = RunResult(run_url=url)
     needs_ray = any(s.spec.kind == "ray" and s.action != "skip" for s in states)
     groups = group_states(states)

@@ -94,3 +94,38 @@ def _short(value):
         head = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in list(value[:4]))
         return f"[{head}, ... ({len(value)})]"
     return value
+
+
+def compare_runs(run_urls: list[str]) -> str:
+    """A table of the metrics of several runs (rows = metrics, columns = runs' methods); fractions in percent."""
+    from matchmill.manifests.commit import read_commit
+    from matchmill.stages.metrics import read_summary
+
+    columns, summaries = [], []
+    for url in run_urls:
+        summary = read_summary(url)
+        methods = []
+        for stage in ("extract", "propose", "refine") if summary else ():
+            commit = read_commit(url, stage)
+            method = ((getattr(commit, "extra", None) or {}).get("config") or {}).get("method")
+            if method and method != "identity":
+                methods.append(method)
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        columns.append(f"{name}: {'>'.join(methods)}" if methods else name)
+        summaries.append(summary)
+    keys = [k for k in ("auc@5", "auc@10", "auc@20") if any(k in s for s in summaries)]
+    keys += sorted({k for s in summaries for k in s if k.startswith(("homography_acc", "mma@3", "num_"))} - set(keys))
+    width = max([len(k) for k in keys] + [6])
+    widths = [max(len(c), 8) for c in columns]
+    lines = [" " * width + "  " + "  ".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
+    for key in keys:
+        cells = []
+        for s, w in zip(summaries, widths):
+            v = s.get(key)
+            pct = key.startswith(("auc", "homography", "mma"))
+            cells.append(f"{'-':>{w}}" if v is None else f"{100 * v if pct else v:>{w}.2f}")
+        lines.append(f"{key:<{width}}  " + "  ".join(cells))
+    missing = [u for u, s in zip(run_urls, summaries) if not s]
+    if missing:
+        lines.append("no metrics yet: " + ", ".join(missing))
+    return "\n".join(lines)

@@ -32,6 +32,7 @@ from matchmill.method_conf import merge_conf
 from .devices import method_device, no_grad, to_numpy
 
 _LEVELS = ("f0", "f1", "f2", "f3", "f4")
+RESNET34_CHANNELS = (3, 64, 64, 128)  # f0..f3 of the ResNet34 pyramid (models/resnet.py)
 
 
 def _seeded(seed: int) -> None:
@@ -61,13 +62,12 @@ class ResNet34Extractor:
     uses_device = True
 
     def __init__(self, conf: dict):
-        from matchmill.models.resnet import DEFAULT_CONF, ResNet34Pyramid
+        from matchmill.models.backbones import build_backbone
 
         self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "extract")
-        _seeded(self.conf["init_seed"])
-        self.net = ResNet34Pyramid({**DEFAULT_CONF, "weights": self.conf["weights"]}).eval().to(self.device)
+        self.net = build_backbone("resnet34", self.conf["weights"], int(self.conf["init_seed"])).to(self.device)
 
     @no_grad
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -143,22 +143,61 @@ class Patch2PixRefiner:
         "init_seed": 0,  # seed of the random initialisation when no weights are given
         "confidence": 0.25,  # fine confidence a match must exceed (paper: 0.25 default; 0.5 and 0.9 as options)
         "cpu_sized": True,  # width-128 regressors (CPU budget); False = the paper's width 512
+        "feat_channels": None,  # channels of the stored f0..f3; None = read from the features (resnet34: [3, 64, 64, 128])
         "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
     needs_features = True
     uses_device = True
 
     def __init__(self, conf: dict):
-        from matchmill.models.patch2pix import DEFAULT_CONF, Patch2Pix, cpu_sized
-
         self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "refine")
-        _seeded(self.conf["init_seed"])
-        net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
-        self.net = Patch2Pix({**net_conf, "confidence": float(self.conf["confidence"])}).eval()
-        load_state(self.net, self.conf["weights"])
-        self.net.to(self.device)
+        self._nets: dict[tuple[int, ...], torch.nn.Module] = {}
+        if self.conf["feat_channels"] is not None:  # known up front: build (and load) now, fail early
+            self._net_for(tuple(int(c) for c in self.conf["feat_channels"]))
+        elif self.conf["weights"]:  # the file fixes the layout: find which, fail early when none fits
+            self._load_known_layout()
+
+    def _load_known_layout(self) -> None:
+        """Build the regressors for the first backbone layout (models.backbones.KNOWN_CHANNELS) the
+        weights load into; the ResNet34 attempt's error (naming the keys) when none does."""
+        from matchmill.models.backbones import KNOWN_CHANNELS
+
+        first_error = None
+        for channels in KNOWN_CHANNELS.values():
+            try:
+                self._net_for(tuple(channels[:4]))
+                self.conf["feat_channels"] = list(channels[:4])
+                return
+            except ValueError as exc:
+                first_error = first_error or exc
+        raise first_error
+
+    def _net_for(self, channels: tuple[int, ...]) -> torch.nn.Module:
+        """The regressors for f0..f3 of ``channels`` (built and loaded once per channel layout)."""
+        from matchmill.models.patch2pix import DEFAULT_CONF, Patch2Pix, cpu_sized
+
+        want = self.conf["feat_channels"]
+        if want is not None and tuple(int(c) for c in want) != channels:
+            raise ValueError(f"refine: the regressors read f0..f3 of {list(want)} channels (refine.feat_channels, or "
+                             f"the layout of refine.weights) but the stored pyramid has {list(channels)}: weights "
+                             "trained on another backbone than extract.method's")
+        if channels not in self._nets:
+            _seeded(self.conf["init_seed"])
+            net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
+            net = Patch2Pix({**net_conf, "feat_channels": list(channels),
+                             "confidence": float(self.conf["confidence"])}).eval()
+            load_state(net, self.conf["weights"])
+            self._nets[channels] = net.to(self.device)
+        return self._nets[channels]
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The regressors of ``feat_channels`` (when unset: the first built, else the ResNet34 layout)."""
+        if self.conf["feat_channels"] is None and self._nets:
+            return next(iter(self._nets.values()))
+        return self._net_for(tuple(int(c) for c in (self.conf["feat_channels"] or RESNET34_CHANNELS)))
 
     def __call__(self, matches: np.ndarray, scores: np.ndarray, feats0=None, feats1=None, row=None):
         """(N, 4) original-pixel proposals -> (M, 4) refined matches and (M,) fine confidences."""
@@ -166,11 +205,12 @@ class Patch2PixRefiner:
         if len(matches) == 0:
             return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
         pa, pb = _pyramid(feats0, _LEVELS[:4], self.device), _pyramid(feats1, _LEVELS[:4], self.device)
-        net = np.concatenate([to_network(matches[:, :2], feats0["scale"]), to_network(matches[:, 2:], feats1["scale"])], 1)
+        net = self._net_for(tuple(int(f.shape[1]) for f in pa))
+        coords = np.concatenate([to_network(matches[:, :2], feats0["scale"]), to_network(matches[:, 2:], feats1["scale"])], 1)
         size_a = (pa[0].shape[-1], pa[0].shape[-2])
         size_b = (pb[0].shape[-1], pb[0].shape[-2])
         with torch.no_grad(), autocast(self.device, self.conf["amp"]):
-            fine, conf = self.net.predict(pa, pb, torch.from_numpy(net).to(self.device), size_a, size_b)
+            fine, conf = net.predict(pa, pb, torch.from_numpy(coords).to(self.device), size_a, size_b)
         fine = to_numpy(fine)
         out = np.concatenate([to_original(fine[:, :2], feats0["scale"]), to_original(fine[:, 2:], feats1["scale"])], 1)
         return out.astype(np.float32).reshape(-1, 4), to_numpy(conf).astype(np.float32)

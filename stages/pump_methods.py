@@ -67,24 +67,30 @@ class PumpExtractor:
         "max_keypoints": 2048,  # keypoints kept (strongest SIFT responses)
         "keypoint_min_scale": 0.3,  # descriptor scales 2^(-k/4) down to this for keypoint sampling (spec 3.1)
         "fp16": True,  # store dense maps as float16 (halves artifact size)
+        "dense": True,  # store the dense multi-scale maps (pump-pyramid matching); False with pyramid only
+        "pyramid": False,  # also store the 5-level pyramid f0..f4 (models/backbones.py) for ncnet + patch2pix
         "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
     uses_device = True
 
     def __init__(self, conf: dict):
+        from matchmill.models.backbones import PumpPyramid
         from matchmill.models.pump.convmixer import DEFAULT_CONF, PumpConvMixer, cpu_sized
 
         self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         if self.conf["keypoints"] not in ("none", "sift"):
             raise ValueError(f"extract.keypoints must be 'none' or 'sift', got {self.conf['keypoints']!r}")
+        if not (self.conf["dense"] or self.conf["pyramid"] or self.conf["keypoints"] == "sift"):
+            raise ValueError("extract: pump with dense=false needs pyramid=true or keypoints=sift (nothing to store)")
         check_amp(self.conf["amp"])
-        self.scales = stored_scales(self.conf["dense_min_scale"])
+        self.scales = stored_scales(self.conf["dense_min_scale"]) if self.conf["dense"] else []
         self.device = method_device(self.conf, "extract")
         _seeded(self.conf["init_seed"])
         net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
         self.net = PumpConvMixer(net_conf).eval()
         load_state(self.net, self.conf["weights"])
         self.net.to(self.device)
+        self.pyramid = PumpPyramid(self.net).eval() if self.conf["pyramid"] else None
         self.sift = None
         if self.conf["keypoints"] == "sift":
             from matchmill.classical.sift import SiftExtractor
@@ -99,25 +105,34 @@ class PumpExtractor:
 
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
-        resized, net_scale = resize_to_multiple(image, int(getattr(self.net, "multiple", 8)), min_cells=4, what="PUMP")
+        multiple = self.pyramid.multiple if self.pyramid is not None else int(self.net.multiple)
+        resized, net_scale = resize_to_multiple(image, multiple, min_cells=4, what="PUMP")
         kp_scales = []
         if self.sift is not None:
             kp_scales = descriptor_scales(min_scale=float(self.conf["keypoint_min_scale"]), max_scale=1.0)
         # One net pass per distinct scale: stored scales 2^(-k/2) are also keypoint scales 2^(-k/4).
         wanted = sorted({round(s, 9) for s in [*self.scales, *kp_scales]}, reverse=True)
         with autocast(self.device, self.conf["amp"]):
-            maps = dict(dense_descriptors(self.net, resized, wanted))  # on self.device; inputs moved there
+            maps = dict(dense_descriptors(self.net, resized, wanted)) if wanted else {}  # on self.device
         out: dict[str, np.ndarray] = {}
         dtype = np.float16 if self.conf["fp16"] else np.float32
         for k, scale in enumerate(self.scales):
             out[f"dense_{k}"] = to_numpy(maps[round(scale, 9)]).astype(dtype)
-        out["dense_scales"] = np.array(self.scales, np.float64)
+        if self.scales:
+            out["dense_scales"] = np.array(self.scales, np.float64)
         out["net_scale"] = net_scale
+        if self.pyramid is not None:
+            from matchmill.models.resnet import normalize_image
+
+            with autocast(self.device, self.conf["amp"]):
+                levels = self.pyramid(normalize_image(resized).to(self.device))
+            out.update({f"f{i}": to_numpy(f[0]).astype(dtype) for i, f in enumerate(levels)})
         if self.sift is not None:
             kp = self.sift(image)  # keypoints in the frame of the image given (the extract stage maps them)
             kp_maps = [(s, maps[round(s, 9)]) for s in kp_scales]
             pts_net = to_network(kp["keypoints"], net_scale)
-            desc = sample_at_keypoints(kp_maps, pts_net, kp["scales"] / net_scale.mean())
+            from matchmill.models.pump.extract import SIFT_REF_SIZE  # OpenCV SIFT sizes, not R2D2's 32 / s
+            desc = sample_at_keypoints(kp_maps, pts_net, kp["scales"] / net_scale.mean(), {"ref_size": SIFT_REF_SIZE})
             out.update(keypoints=kp["keypoints"], descriptors=np.asarray(desc, np.float32),
                        scores=kp["scores"], scales=kp["scales"])
         return out

@@ -58,3 +58,31 @@ def build_method(stage: str, conf: dict) -> object:
 
 def method_defaults(stage: str, name: str) -> dict:
     return dict(getattr(load_method(stage, name), "default_conf", {}))
+
+
+def random_init_methods(conf: dict, stages=("extract", "propose", "refine")) -> list[str]:
+    """``stage.method=name`` of every learned method of ``conf`` that runs from a random init.
+
+    A method is learned when its ``default_conf`` has a ``weights`` key; it runs from a seeded
+    random initialisation when that key is unset in its stage section.
+    """
+    out = []
+    for stage in stages:
+        section = conf.get(stage) or {}
+        name = section.get("method")
+        if name not in REGISTRIES[stage]:
+            continue
+        cls = load_method(stage, name)
+        if "weights" in getattr(cls, "default_conf", {}) and not section.get("weights"):
+            out.append(f"{stage}.method={name}")
+    return out
+
+
+def random_init_warning(conf: dict, stages=("extract", "propose", "refine")) -> str | None:
+    """One warning line naming the learned methods of ``conf`` without weights, or None."""
+    methods = random_init_methods(conf, stages)
+    if not methods:
+        return None
+    return (f"warning: {', '.join(methods)} run from a random initialisation (no weights given): their "
+            "matches are close to random; set <stage>.weights (shipped:NAME, see weights/MODEL_CARD.md, "
+            "or a `matchmill train` checkpoint), e.g. configs/demo-learned.yaml")

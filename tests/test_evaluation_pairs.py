@@ -180,7 +180,9 @@ def test_scene_info_from_colmap_matches_the_megadepth_pair_source(demo_root, tmp
 
 def test_presets_and_method_selection():
     assert METHOD_PRESETS["patch2pix"] == {
-        "extract.method": "resnet34", "propose.method": "ncnet", "refine.method": "patch2pix"}
+        "extract.method": "resnet34", "propose.method": "ncnet", "propose.weights": "shipped:ncnet-resnet34-seed0",
+        "refine.method": "patch2pix", "refine.weights": "shipped:patch2pix-resnet34-seed0"}
+    assert METHOD_PRESETS["pump-ncnet-patch2pix"]["extract.pyramid"] is True
     assert select_methods(["patch2pix", "sift", ""]) == ["sift", "patch2pix"]
     assert select_methods(["patch2pix"], include_baseline=False) == ["patch2pix"]
     with pytest.raises(UnknownPresetError, match="known: .*sift"):
@@ -245,6 +247,7 @@ def test_method_config_hashes_follow_what_is_computed(tmp_path):
     import hashlib
 
     from matchmill.evaluation.method_config import config_hash, default_history_url, method_config, model_hashes
+    from matchmill.weights import shipped_path
 
     weights = tmp_path / "p2p.pth"
     weights.write_bytes(b"not really weights, only hashed")
@@ -255,8 +258,12 @@ def test_method_config_hashes_follow_what_is_computed(tmp_path):
     base = conf(tmp_path / "a")
     assert base["extract"]["method"] == "resnet34" and base["extract"]["resize_max"] == 320
     assert base["storage"] == f"file://{tmp_path}/a/runs" and base["run_name"] == "patch2pix"
-    assert model_hashes(base) == {"extract.resnet34": "init-seed-0", "propose.ncnet": "init-seed-0",
-                                  "refine.patch2pix": "init-seed-0"}
+    shipped = model_hashes(base)
+    assert shipped["extract.resnet34"] == "init-seed-0"
+    assert shipped["propose.ncnet"] == hashlib.sha256(shipped_path("ncnet-resnet34-seed0").read_bytes()).hexdigest()[:16]
+    random = conf(tmp_path / "a", "patch2pix:propose.weights=null", "patch2pix:refine.weights=null")
+    assert model_hashes(random) == {"extract.resnet34": "init-seed-0", "propose.ncnet": "init-seed-0",
+                                    "refine.patch2pix": "init-seed-0"}
     with_weights = conf(tmp_path / "a", f"patch2pix:refine.weights={weights}", "sift:extract.max_keypoints=7")
     assert with_weights["extract"] == base["extract"]  # the sift-only override did not reach patch2pix
     assert conf(tmp_path / "a", "sift:extract.max_keypoints=7", method="sift")["extract"]["max_keypoints"] == 7

@@ -187,6 +187,37 @@ def test_evaluate_pair_homography_failures():
     assert out["corner_error"] == math.inf
 
 
+def test_homography_estimation_uses_h_confidence(monkeypatch):
+    """verify and evaluate_pair estimate H with ``h_confidence`` (0.999, CAPS / immatch), never F's ``confidence``."""
+    import matchmill.geometry.pair_metrics as pair_metrics
+    import matchmill.stages.verify as verify
+    from matchmill.geometry.pair_metrics import DEFAULT_PAIR_METRICS_CONF
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["confidence"] if "confidence" in kwargs else args[3])
+        return find_homography(*args, **kwargs)
+
+    def no_f(*args, **kwargs):
+        raise AssertionError("a homography pair must not estimate F")
+
+    for module in (verify, pair_metrics):
+        monkeypatch.setattr(module, "find_homography", spy)
+        monkeypatch.setattr(module, "find_fundamental", no_f)
+    assert DEFAULT_PAIR_METRICS_CONF["h_confidence"] == 0.999 and DEFAULT_PAIR_METRICS_CONF["confidence"] == 0.9999
+    pts0 = random_points(40, seed=3)
+    pts1 = warp_points(pts0, H_GENERAL)
+    for conf, want in (({}, 0.999), ({"confidence": 0.5, "h_confidence": 0.77}, 0.77)):
+        calls.clear()
+        actor = object.__new__(verify.VerifyActor)  # no __init__: it would pin this process's thread pools
+        actor.conf, actor.run_url, actor._features = {**verify.STAGE_DEFAULTS, **conf}, None, None
+        out = actor.verify_one(h_row(image0="a", matches=np.c_[pts0, pts1].tolist()))
+        assert out["model"] == "homography" and out["corner_error"] < 1e-2
+        evaluate_pair(pts0, pts1, None, h_row(), conf)  # no H given: re-estimated in pair_metrics
+        assert calls == [want, want]
+
+
 def verified_h(corner_error, mma_values, status="ok"):
     return {"pair_id": f"{corner_error}{status}", "H_0to1": np.eye(3).ravel().tolist(), "status": status,
             "num_matches": 4, "num_inliers": 2, "corner_error": corner_error, "mma": mma_values}

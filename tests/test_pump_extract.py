@@ -131,3 +131,48 @@ def test_build_descriptor_net() -> None:
     assert build_descriptor_net("r2d2").multiple == 1
     with pytest.raises(ValueError, match="unknown PUMP descriptor arch"):
         build_descriptor_net("vgg")
+
+
+def _blob_image(h: int = 480, w: int = 640, n: int = 400, seed: int = 0) -> np.ndarray:
+    """Gray RGB image of ``n`` Gaussian blobs, sigma log-uniform in [1.5, 40] px: SIFT finds keypoints at every size."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.full((h, w), 128.0, np.float32)
+    for _ in range(n):
+        sigma = float(np.exp(rng.uniform(np.log(1.5), np.log(40.0))))
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        amp = rng.choice([-1.0, 1.0]) * rng.uniform(40, 90)
+        r = int(4 * sigma) + 1
+        x0, x1, y0, y1 = max(0, int(cx) - r), min(w, int(cx) + r + 1), max(0, int(cy) - r), min(h, int(cy) + r + 1)
+        if x0 < x1 and y0 < y1:
+            d2 = (xx[y0:y1, x0:x1] - cx) ** 2 + (yy[y0:y1, x0:x1] - cy) ** 2
+            img[y0:y1, x0:x1] += amp * np.exp(-d2 / (2 * sigma**2))
+    return np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_sift_keypoints_spread_over_the_scales_by_size() -> None:
+    """PumpExtractor with SIFT keypoints: the descriptor scale follows the SIFT size (OpenCV
+    ``KeyPoint.size`` = 2 sigma, ``SIFT_REF_SIZE`` = 3.2), not R2D2's 32 (which sent ~all to scale 1)."""
+    from matchmill.geometry.frames import to_network
+    from matchmill.models.pump.extract import SIFT_REF_SIZE
+    from matchmill.stages.pump_methods import PumpExtractor
+
+    ext = PumpExtractor({"keypoints": "sift"})
+    ext.net = PixelCoordinates().eval()  # descriptors (x_s, y_s, K): the sampled map's scale can be read back
+    out = ext(_blob_image())
+    scales = np.array(descriptor_scales(min_scale=0.3))
+    sizes = out["scales"].astype(np.float64)
+    assert len(sizes) > 200 and sizes.max() > 8 * sizes.min()
+    pts = to_network(out["keypoints"], out["net_scale"]).astype(np.float64)
+    d = out["descriptors"].astype(np.float64)
+    xy_s = PixelCoordinates.K * d[:, :2] / d[:, 2:3]  # (x_s, y_s) = (x + 0.5) * s - 0.5 in the map of scale s
+    k = np.argmax(pts, axis=1)[:, None]  # the larger coordinate gives the better-conditioned ratio
+    ratio = (np.take_along_axis(xy_s, k, 1) + 0.5) / (np.take_along_axis(pts, k, 1) + 0.5)
+    used = np.abs(ratio - scales[None]).argmin(axis=1)  # index of the scale each descriptor came from
+    assert np.abs(ratio[:, 0] - scales[used]).max() < 0.01
+    assert np.mean(used == 0) < 0.5  # R2D2's ref_size 32 put ~94 % of these keypoints at scale 1
+    assert (used == choose_scale_indices(scales, len(sizes), sizes / out["net_scale"].mean(), {"ref_size": SIFT_REF_SIZE})).all()
+    assert len(np.unique(used)) == len(scales)  # every scale 1 .. 0.354 is used
+    order = np.argsort(sizes, kind="stable")
+    assert (np.diff(used[order]) >= 0).all()  # larger keypoints never get a finer scale
+    assert np.median(sizes[used == len(scales) - 1]) > 4 * np.median(sizes[used == 0])

@@ -80,8 +80,23 @@ def test_channels_last_is_a_pure_speed_option() -> None:
         assert torch.allclose(a(x), b(x), atol=1e-5)
 
 
-def test_r2d2_receptive_field_is_35_px() -> None:
-    """Layout of the docstring: 1 + 2+2+2 + 4+4 + 8 + 4+4+4 = 35 px, i.e. +-17 px around a pixel."""
+def test_r2d2_dilations_follow_the_spec_layer_table() -> None:
+    """Spec §1.2, dilated mode: each stride 2 of Quad_L2Net (convs 2 and 4, and the three 2x2
+    convs that replace its 8x8 conv) doubles the dilation of what follows: 2x2 convs at 4, 8, 16."""
+    net = R2D2Net()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size[0] for c in convs] == [3] * 6 + [2] * 3
+    assert [c.dilation[0] for c in convs] == [1, 1, 1, 2, 2, 4, 4, 8, 16]
+    assert all(c.stride == (1, 1) and c.dilation[0] == c.dilation[1] for c in convs)
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128, 128, 128, 128]
+    net = _trained_stats(net)
+    for h, w in ((1, 1), (17, 40), (37, 53)):
+        with torch.no_grad():
+            assert tuple(net(torch.randn(1, 3, h, w)).shape) == (1, 128, h, w)
+
+
+def test_r2d2_receptive_field_is_51_px() -> None:
+    """Layout of the docstring: 1 + 2+2+2 + 4+4 + 8 + 4+8+16 = 51 px, i.e. +-25 px around a pixel."""
     net = _trained_stats(R2D2Net())
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     x2 = x.clone()
@@ -89,8 +104,8 @@ def test_r2d2_receptive_field_is_35_px() -> None:
     with torch.no_grad():
         changed = (net(x) - net(x2)).abs().amax(dim=1)[0] > 1e-6
     ys, xs = torch.nonzero(changed, as_tuple=True)
-    assert int(ys.min()) == 32 - 17 and int(ys.max()) == 32 + 17
-    assert int(xs.min()) == 32 - 17 and int(xs.max()) == 32 + 17
+    assert int(ys.min()) == 32 - 25 and int(ys.max()) == 32 + 25
+    assert int(xs.min()) == 32 - 25 and int(xs.max()) == 32 + 25
 
 
 def test_normalize_images_matches_single_image_normalisation() -> None:

@@ -101,7 +101,11 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
 
 def weights_file(source: str) -> str:
     """A weights file from ``--from``: the file itself, or ``model.safetensors`` of a checkpoint folder
-    (local or any fsspec URL), or of a run folder's ``best/``."""
+    (local or any fsspec URL), or of a run folder's ``best/``; ``shipped:NAME`` is a shipped file."""
+    from matchmill.weights import is_shipped, shipped_path
+
+    if is_shipped(source):
+        return str(shipped_path(source))
     fs, path = url_to_fs(source)
     if not fs.exists(path):
         raise FileNotFoundError(f"train.from: {source} does not exist")

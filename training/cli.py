@@ -1,4 +1,5 @@
-"""``matchmill train pump|ncnet|patch2pix CONFIG [k=v ...] [--address A] [--from CKPT]``."""
+"""``matchmill train pump|ncnet|patch2pix CONFIG [k=v ...] [--address A] [--from CKPT]`` and
+``matchmill train-data OUT`` (the training set the shipped weights are trained on)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,27 @@ def register(sub) -> None:
     p.add_argument("--from", dest="from_weights", default=None,
                    help="fine-tune: start the net from these weights (a file, a checkpoint folder or a run's best/)")
     p.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("train-data", help="write the training set: demo scenes of seeds 1000.. + scikit-image photos, "
+                                          "pairs.parquet and images.parquet (datasets/training_set.py)")
+    d.add_argument("out", help="output folder (e.g. runs/training-data)")
+    d.add_argument("--scenes", type=int, default=32, help="demo scenes (seeds 1000 ..), 14 views each")
+    d.add_argument("--cameras", type=int, default=14)
+    d.add_argument("--width", type=int, default=320)
+    d.add_argument("--height", type=int, default=240)
+    d.add_argument("--pairs-per-scene", type=int, default=60)
+    d.add_argument("--no-photos", action="store_true", help="leave out the scikit-image photographs")
+    d.set_defaults(func=cmd_train_data)
+
+
+def cmd_train_data(args: argparse.Namespace) -> int:
+    from matchmill.datasets.training_set import write_training_set
+
+    info = write_training_set(args.out, num_scenes=args.scenes, num_cameras=args.cameras, width=args.width,
+                              height=args.height, photos=not args.no_photos, max_pairs_per_scene=args.pairs_per_scene)
+    print(f"training set in {args.out}: {info['images']} images, {info['pairs']} pairs "
+          f"(seeds {info['seeds'][0]}..{info['seeds'][-1]}); pairs.parquet, images.parquet")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

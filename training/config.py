@@ -89,8 +89,32 @@ def load_train_config(model: str, path: str | Path | None, overrides: list[str] 
     conf["model"] = model
     if not conf["run_name"]:
         conf["run_name"] = model
+    _absolute_local_urls(conf)
     _check_values(conf)
     return conf
+
+
+#: Keys holding a manifest, a folder or a weights file: relative local paths are made absolute on
+#: the driver, because Ray Train workers run in another working directory.
+_PATH_KEYS = (("data", "images"), ("data", "pairs"), ("data", "images_dir"), ("*", "backbone_weights"),
+              ("*", "ncnet_weights"), ("train", "from"))
+
+
+def _absolute(url: str) -> str:
+    if url.startswith("file://") and not url.startswith("file:///"):
+        return "file://" + str(Path(url[len("file://"):]).resolve())
+    if "://" not in url and not url.startswith("shipped:"):
+        return str(Path(url).resolve())
+    return url
+
+
+def _absolute_local_urls(conf: dict) -> None:
+    """Resolve relative ``file://./x`` and plain relative paths of :data:`_PATH_KEYS` against the cwd."""
+    for section, key in _PATH_KEYS:
+        sections = [conf.get(section)] if section != "*" else [v for v in conf.values() if isinstance(v, dict)]
+        for sec in sections:
+            if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+                sec[key] = _absolute(sec[key])
 
 
 def _check_types(conf: dict, defaults: dict, prefix: str) -> None:

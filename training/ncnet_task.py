@@ -39,8 +39,9 @@ from .task import TrainTask, sample_rng
 log = logging.getLogger(__name__)
 
 DEFAULT_CONF: dict[str, Any] = {
-    "backbone": "resnet34",  # frozen feature net read by NC (f4 at stride 8)
-    "backbone_weights": None,  # torchvision-layout resnet34 weights; None = seeded random init
+    "backbone": "resnet34",  # frozen feature pyramid read by NC (f4 at stride 8): resnet34 | pump
+    "backbone_weights": None,  # resnet34: torchvision-layout weights; pump: a ConvMixer state dict; None = seeded init
+    "backbone_conf": None,  # overrides of models.backbones.PYRAMID_CONF (pump: cpu_sized, net, pools)
     "backbone_seed": 0,  # seed of the backbone's init when no weights are given
     "size": [320, 240],  # [W, H] both images are resized to (multiples of 16)
     "lr": 5e-4,  # Adam learning rate (NCNet paper: 5e-4)
@@ -58,8 +59,12 @@ def check_conf(conf: dict) -> None:
 
     c, d = conf["ncnet"], conf["data"]
     check_size(c["size"], "ncnet.size")
-    if c["backbone"] != "resnet34":
-        raise ConfigError(f"ncnet.backbone: {c['backbone']!r} is not supported (resnet34)")
+    from matchmill.models.backbones import BACKBONES
+
+    if c["backbone"] not in BACKBONES:
+        raise ConfigError(f"ncnet.backbone: {c['backbone']!r} is not one of {', '.join(BACKBONES)}")
+    if c["backbone_conf"] is not None and not isinstance(c["backbone_conf"], dict):
+        raise ConfigError(f"ncnet.backbone_conf: expected a mapping of overrides or null, got {c['backbone_conf']!r}")
     if c["nc"] is not None and not isinstance(c["nc"], dict):
         raise ConfigError(f"ncnet.nc: expected a mapping of overrides or null, got {c['nc']!r}")
     src = inspect_manifest(d["pairs"], ("pairs",), "data.pairs", d["images_dir"])

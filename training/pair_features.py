@@ -26,17 +26,15 @@ def check_size(size: Sequence[int], where: str) -> tuple[int, int]:
 
 
 def build_backbone(conf: dict, device: torch.device) -> nn.Module:
-    """The frozen feature pyramid (eval mode, no grad): ``resnet34`` from a seeded init or
-    ``backbone_weights`` (torchvision layout)."""
-    from matchmill.models.resnet import DEFAULT_CONF, ResNet34Pyramid
+    """The frozen feature pyramid of a task's conf (eval mode, no grad), from
+    :func:`matchmill.models.backbones.build_backbone`: ``backbone`` (resnet34 | pump),
+    ``backbone_weights`` (None = seeded random init), ``backbone_seed``, ``backbone_conf``."""
+    from matchmill.models.backbones import build_backbone as build
 
-    if conf["backbone"] != "resnet34":
-        raise ValueError(f"backbone {conf['backbone']!r} is not supported (resnet34)")
-    torch.manual_seed(int(conf["backbone_seed"]))
-    net = ResNet34Pyramid({**DEFAULT_CONF, "weights": conf["backbone_weights"]}).eval().to(device)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    from .checkpoints import weights_file
+
+    weights = weights_file(conf["backbone_weights"]) if conf["backbone_weights"] else None
+    return build(conf["backbone"], weights, int(conf["backbone_seed"]), conf.get("backbone_conf")).to(device)
 
 
 class NetworkPair:

@@ -28,8 +28,9 @@ from .task import TrainTask, sample_rng
 log = logging.getLogger(__name__)
 
 DEFAULT_CONF: dict[str, Any] = {
-    "backbone": "resnet34",  # frozen feature pyramid (f0..f4)
-    "backbone_weights": None,  # torchvision-layout resnet34 weights; None = seeded random init
+    "backbone": "resnet34",  # frozen feature pyramid (f0..f4): resnet34 | pump
+    "backbone_weights": None,  # resnet34: torchvision-layout weights; pump: a ConvMixer state dict; None = seeded init
+    "backbone_conf": None,  # overrides of models.backbones.PYRAMID_CONF (pump: cpu_sized, net, pools)
     "backbone_seed": 0,  # seed of the backbone's init when no weights are given
     "ncnet_weights": None,  # frozen NC layers: a `matchmill train ncnet` checkpoint / run folder / weights file
     "ncnet_seed": 0,  # seed of the NC init when no weights are given (a warning says the proposals are random)
@@ -51,8 +52,12 @@ def check_conf(conf: dict) -> None:
 
     c, d = conf["patch2pix"], conf["data"]
     check_size(c["size"], "patch2pix.size")
-    if c["backbone"] != "resnet34":
-        raise ConfigError(f"patch2pix.backbone: {c['backbone']!r} is not supported (resnet34)")
+    from matchmill.models.backbones import BACKBONES
+
+    if c["backbone"] not in BACKBONES:
+        raise ConfigError(f"patch2pix.backbone: {c['backbone']!r} is not one of {', '.join(BACKBONES)}")
+    if c["backbone_conf"] is not None and not isinstance(c["backbone_conf"], dict):
+        raise ConfigError(f"patch2pix.backbone_conf: expected a mapping of overrides or null, got {c['backbone_conf']!r}")
     if c["ptmax"] < 2:
         raise ConfigError(f"patch2pix.ptmax: must be >= 2, got {c['ptmax']}")
     if c["net"] is not None and not isinstance(c["net"], dict):
@@ -119,7 +124,9 @@ class Patch2PixTask(TrainTask):
         from matchmill.models.patch2pix import DEFAULT_CONF, cpu_sized
 
         base = cpu_sized(DEFAULT_CONF) if self.task_conf["cpu_sized"] else dict(DEFAULT_CONF)
-        return {**base, **(self.task_conf["net"] or {}), "confidence": float(self.task_conf["confidence"])}
+        channels = list(self.backbone.channels)[:4]  # the regressors read f0..f3 of the backbone
+        return {**base, "feat_channels": channels, **(self.task_conf["net"] or {}),
+                "confidence": float(self.task_conf["confidence"])}
 
     def build_net(self) -> nn.Module:
         from matchmill.models.patch2pix import Patch2Pix

@@ -25,7 +25,8 @@ which leaves every pixel's coordinates unchanged.
 
 Paper size (width 512): 3,469,568 learnable parameters. :func:`cpu_sized` (width 128): 327,104.
 The weights-file layout is this module's own state dict (``stem.0.weight``, ``blocks.3.pw.0.bias``,
-...); the released checkpoints use other key names and would need a key map.
+...); the released naver/pump checkpoints (``PUMP.pt``, ``PUMP-stytrf.pt``: ``nn.Sequential`` indices)
+load too, through the key map of :mod:`matchmill.models.official_checkpoints`.
 """
 
 from __future__ import annotations
@@ -156,12 +157,24 @@ class PumpConvMixer(nn.Module):
         """Output channels D."""
         return int(self.conf["out_dim"])
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` normalised RGB -> ``(B, D, H, W)`` unit descriptors (see class docstring)."""
+    def forward_levels(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The two inner maps the dense output is made of (read by the pyramid backbone).
+
+        Args:
+            x: :math:`(B, 3, H, W)` normalised RGB, ``H, W`` multiples of :attr:`multiple`.
+
+        Returns:
+            ``mixed`` :math:`(B, width, H/p, W/p)` (the last mixer block's output, ``p = patch_size``)
+            and ``half`` :math:`(B, D, 2H/p, 2W/p)` (the head after the pixel shuffle, not normalised).
+        """
         check_image_batch(x, "PumpConvMixer", self.multiple)
         if self.conf["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
-        f = self.blocks(self.patch_embed(self.stem(x)))
-        f = self.shuffle(self.head(f))  # (B, D, H/2, W/2)
+        mixed = self.blocks(self.patch_embed(self.stem(x)))
+        return mixed, self.shuffle(self.head(mixed))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` normalised RGB -> ``(B, D, H, W)`` unit descriptors (see class docstring)."""
+        _, f = self.forward_levels(x)  # (B, D, H/2, W/2)
         f = F.interpolate(f, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)
         return F.normalize(f, p=2, dim=1)

@@ -19,7 +19,8 @@ Scale choice per keypoint (``SAMPLE_CONF["mode"]``):
 - ``"size"`` (default when sizes are given): the detector size ``d`` asks for scale
   ``ref_size / d`` (R2D2's convention: a keypoint found at scale ``s`` has size ``32 / s``); the
   available scale nearest to it in log2 is used, so requests beyond the range are clipped to its
-  ends. ``ref_size`` depends on the detector (32 for R2D2; a SIFT "size" is a different unit).
+  ends. ``ref_size`` is the size of a keypoint the detector finds at scale 1 and depends on the
+  detector: :data:`REF_SIZES` (``"r2d2"``: 32, the default; ``"sift"``: :data:`SIFT_REF_SIZE`).
 - ``"finest"`` (or no sizes): the largest available scale (1 with the default scales).
 """
 
@@ -38,6 +39,8 @@ from matchmill.models.resnet import normalize_image
 
 __all__ = [
     "SAMPLE_CONF",
+    "SIFT_REF_SIZE",
+    "REF_SIZES",
     "build_descriptor_net",
     "descriptor_scales",
     "run_padded",
@@ -48,8 +51,22 @@ __all__ = [
 
 SAMPLE_CONF: dict[str, Any] = {
     "mode": "size",  # "size": scale nearest (log2) to ref_size / keypoint size; "finest": largest scale only
-    "ref_size": 32.0,  # detector size that maps to scale 1 (R2D2: size = 32 / detection scale)
+    "ref_size": 32.0,  # detector size that maps to scale 1 (R2D2: size = 32 / detection scale); see REF_SIZES
 }
+
+#: ``ref_size`` for OpenCV SIFT keypoint sizes (``cv2.KeyPoint.size``, "diameter of the meaningful
+#: keypoint neighborhood"). OpenCV's SIFT sets ``size = 2 * sigma``, ``sigma`` the keypoint's
+#: Gaussian scale in image pixels (``sigma0 * 2^((layer + offset) / nOctaveLayers) * 2^octave``,
+#: ``sigma0 = 1.6``, halved back for the 2x-upsampled first octave). The native-resolution octave
+#: starts at ``sigma0``, so a keypoint detected at scale 1 has size ``2 * 1.6 = 3.2``, and one of
+#: size ``d`` is the same structure as a size-3.2 keypoint of the image resized by ``3.2 / d``:
+#: the analogue of R2D2's 32 (``size = 32 / s``). Sizes below 3.2 (the upsampled octave) ask for
+#: scales above 1 and get the finest scale. R2D2's 32 applied to SIFT sizes (mostly 2-10 px)
+#: would send almost every keypoint to scale 1.
+SIFT_REF_SIZE: float = 2.0 * 1.6
+
+#: ``ref_size`` per detector whose keypoint sizes are passed to :func:`sample_at_keypoints`.
+REF_SIZES: dict[str, float] = {"r2d2": 32.0, "sift": SIFT_REF_SIZE}
 
 
 def build_descriptor_net(arch: str = "convmixer", conf: Mapping[str, Any] | None = None, cpu: bool = False) -> nn.Module:
@@ -178,7 +195,9 @@ def sample_at_keypoints(
     Args:
         maps: output of :func:`dense_descriptors`, ``[(s, (D, h_s, w_s)), ...]``.
         keypoints: ``(N, 2)`` (x, y) pixels of the scale-1 image.
-        sizes: ``(N,)`` detector sizes (pick the scale, see module docstring), or None (finest scale).
+        sizes: ``(N,)`` detector sizes in the pixels of ``keypoints`` (pick the scale, see module
+            docstring; give the detector's ``ref_size`` in ``conf``, e.g. :data:`SIFT_REF_SIZE`), or
+            None (finest scale).
         conf: overrides of :data:`SAMPLE_CONF`.
         image_size: ``(W, H)`` of the scale-1 image; needed unless ``maps`` holds scale 1.
 

@@ -17,14 +17,16 @@ input resolution and any H, W is accepted):
     3     3x3         64 -> 64      2         BN, ReLU
     4     3x3         64 -> 128     2         BN, ReLU  (stride 2 -> dilation x2)
     5     3x3         128 -> 128    4         BN, ReLU
-    6     2x2         128 -> 128    4         BN
-    7     2x2         128 -> 128    4         BN
-    8     2x2         128 -> 128    4         (none)
+    6     2x2         128 -> 128    4         BN        (stride 2 -> dilation x2)
+    7     2x2         128 -> 128    8         BN        (stride 2 -> dilation x2)
+    8     2x2         128 -> 128    16        (none)
     ====  ==========  ============  ========  ==================
 
 then per-pixel L2 normalisation. 484,000 parameters (spec: "descriptor-only params 484,000").
-The spec lists strides only for layers 2 and 4, so the 2x2 convs stay at dilation 4 (receptive
-field 35 px, within the spec's "~32-40 px"). R2D2's reliability / repeatability heads are not
+The three 2x2 convs replace L2-Net's final 8x8 conv on the 4x-subsampled map, so in the strided
+layout each has stride 2 ("every stride is converted to a growing dilation"): dilations 4, 8,
+16. Receptive field 1 + 2 * (1 + 1 + 1 + 2 + 2 + 4) + 4 + 8 + 16 = 51 px (the spec's "~32-40 px"
+estimate leaves out these three strides). R2D2's reliability / repeatability heads are not
 built: PUMP trains descriptors only.
 """
 
@@ -57,9 +59,9 @@ _LAYOUT: tuple[tuple[int, int, int, bool, bool], ...] = (
     (3, 2, 1, True, True),
     (3, 4, 2, True, True),
     (3, 4, 1, True, True),
-    (2, 0, 1, True, False),
-    (2, 0, 1, True, False),
-    (2, 0, 1, False, False),
+    (2, 0, 2, True, False),
+    (2, 0, 2, True, False),
+    (2, 0, 2, False, False),
 )
 
 
