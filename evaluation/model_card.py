@@ -25,6 +25,10 @@ copied):
 A dataset whose folder is missing is reported as ``absent`` (the demo rows still run); a method
 that fails on a dataset is reported in its cell, and the other cells still run.
 
+Exit codes: 0 every cell and cost ran (absent datasets included); 1 some cell or cost measurement
+failed (named in the card; the others still ran); 2 bad options (unknown method / dataset, bad
+override, an OUT of another card), one line, nothing run.
+
 One OUT folder holds one card configuration (pairs, resize, overrides, random init): rerunning
 the same command resumes it; a command with other parameters is refused with one line (exit 2)
 before anything runs, since its runs would collide with the committed ones.
@@ -279,10 +283,11 @@ COST_WHAT = (
     "on {pairs} held-out demo pairs at {width}x{height} (extract.resize_max={resize}). "
     "Per pair: load and extract both images + propose + refine + verify (RANSAC and metrics), wall clock "
     "(time.perf_counter), median over the pairs (the first pair, with any lazy initialisation, included). "
-    "Model build = constructing the four stage objects (weights loaded). Peak RSS = "
-    "resource.getrusage(RUSAGE_SELF).ru_maxrss of the child at its end (Python, imports, models, the largest pair). "
+    "Model build = constructing the four stage objects (weights loaded). Peak RSS = the child's own high-water "
+    "mark (VmHWM of /proc/self/status at its end: Python, imports, models, the largest pair; getrusage ru_maxrss is "
+    "in card.json too, but on Linux it carries over fork + exec and so starts at the parent's RSS). "
     "A pipeline run extracts each unique image once, so its per-pair cost is lower. "
-    "Load average of the machine when measured: {load}."
+    "1-minute load average of the machine when measured: {load} (on {cores} cores)."
 )
 
 
@@ -294,8 +299,28 @@ def _cost_child() -> None:
         result = {"status": "ok", "error": None, **measure_cost(job["conf"], job["pairs"], int(job["threads"]))}
     except Exception as exc:  # noqa: BLE001 - reported in the cost cell
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]}
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    result.update(peak_memory())
     Path(out_path).write_text(json.dumps(result))
+
+
+def peak_memory() -> dict[str, float | None]:
+    """This process's peak resident set size, MiB.
+
+    ``peak_rss_mib``: ``VmHWM`` of ``/proc/self/status`` (the high-water mark of this process's own
+    address space), else ``ru_maxrss``. ``ru_maxrss_mib``: ``getrusage(RUSAGE_SELF).ru_maxrss``; on
+    Linux it carries over fork + exec, so for a child it is at least the RSS its parent had when it
+    started the child (a 120 MiB SIFT child of a 400 MiB parent reads 400): kept for reference.
+    """
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    hwm = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = float(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return {"peak_rss_mib": hwm if hwm is not None else ru, "ru_maxrss_mib": ru,
+            "peak_rss_source": "VmHWM" if hwm is not None else "ru_maxrss"}
 
 
 def measure_cost(conf: dict, pairs: list[dict[str, Any]], threads: int) -> dict[str, Any]:
@@ -417,11 +442,15 @@ def _short(text: str | None, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _pairs(n: Any) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
+
+
 def _dataset_header(ds: dict[str, Any]) -> str:
     what = "AUC@5/10/20°" if ds["kind"] == "pose" else "H acc @1/3/5 px, MMA@3"
     facts = []
     if ds.get("status") == "ok":
-        facts.append(f"{ds.get('num_pairs')} pairs")
+        facts.append(_pairs(ds.get("num_pairs")))
         if ds.get("resize") is not None:
             facts.append(f"{ds['resize']} px")
     return f"{ds['title']}: {what} (%)" + (f" [{', '.join(facts)}]" if facts else "")
@@ -524,7 +553,7 @@ def build_card_markdown(card: dict[str, Any]) -> str:
         where = ds.get("path") or ""
         line = f"- {ds['title']} (`{ds['key']}`, {ds['benchmark']} bench): `{where}`"
         if ds.get("status") == "ok":
-            line += f", {ds.get('num_pairs')} pairs"
+            line += f", {_pairs(ds.get('num_pairs'))}"
             if ds.get("pairs_listed") and ds["pairs_listed"] != ds.get("num_pairs"):
                 line += f" of {ds['pairs_listed']} (evenly spaced)"
             line += f", long side {ds.get('resize')} px; results in `{ds.get('out')}`"
@@ -588,9 +617,9 @@ def _check_params(out: Path, params: dict[str, Any]) -> None:
         return
     changed = [k for k in params if old.get(k) != params[k]]
     if changed:
-        raise ConfigError(
-            f"--out {out} holds a card made with other parameters ({', '.join(f'{k}: {old.get(k)!r} -> {params[k]!r}' for k in changed)}); "
-            "its committed runs would collide: use another --out (or remove that folder)")
+        what = ", ".join(f"{k}: {old.get(k)!r} -> {params[k]!r}" for k in changed)
+        raise ConfigError(f"--out {out} holds a card made with other parameters ({what}); its committed runs "
+                          "would collide: use another --out (or remove that folder)")
 
 
 def _select(names: Sequence[str] | None, known: Sequence[str], what: str) -> list[str]:
@@ -656,6 +685,8 @@ def run_card(req: CardRequest, echo: Callable[[str], Any] = print) -> tuple[dict
         "method_info": {m: {k: v for k, v in i.items() if k != "conf"} for m, i in method_info.items()},
         "datasets": [], "cost": None,
     }
+
+    _write_card(out, card)  # records the parameters before any work (a rerun must match them)
 
     # the demo pairs first: the held-out demo column and the cost measurement both use them
     demo_rows: list[dict[str, Any]] | None = None
@@ -763,9 +794,10 @@ def _run_costs(req: CardRequest, methods: list[str], method_info: dict[str, dict
                  + (" (reused)" if c.get("reused") else ""))
         else:
             echo(f"[card] cost {m}: FAILED: {c.get('error')}")
-    loads = sorted({str(c.get("load_average")) for c in results.values() if c.get("load_average")})
-    what = COST_WHAT.format(threads=COST_THREADS, pairs=len(pairs), width=DEMO_WIDTH, height=DEMO_HEIGHT,
-                            resize=req.demo_resize, load="; ".join(loads) or "-")
+    loads = [c["load_average"][0] for c in results.values() if c.get("load_average")]
+    load = "-" if not loads else f"{min(loads):.1f}" if min(loads) == max(loads) else f"{min(loads):.1f}-{max(loads):.1f}"
+    what = COST_WHAT.format(cores=os.cpu_count(), threads=COST_THREADS, pairs=len(pairs), width=DEMO_WIDTH, height=DEMO_HEIGHT,
+                            resize=req.demo_resize, load=load)
     return {"what": what, "threads": COST_THREADS, "pairs": [p["pair_id"] for p in pairs], "methods": results}
 
 

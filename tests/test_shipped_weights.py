@@ -10,6 +10,10 @@ from matchmill.pipeline.config import load_config
 from matchmill.stages.registry import random_init_methods, random_init_warning
 from matchmill.weights import SHIPPED, is_shipped, shipped_path
 
+from .conftest import DEMO_CONFIG
+
+LEARNED_CONFIG = DEMO_CONFIG.parent / "demo-learned.yaml"
+
 MAX_TOTAL_BYTES = 30 * 2**20  # the budget for everything under weights/
 
 
@@ -66,16 +70,16 @@ def test_learned_presets_and_demo_learned_use_shipped_weights(demo_root):
                 assert f"{stage}.weights" not in overrides
                 continue
             assert is_shipped(overrides[f"{stage}.weights"]), (preset, stage)
-    conf = load_config("configs/demo-learned.yaml", [f"data.root={demo_root}"])
+    conf = load_config(LEARNED_CONFIG, [f"data.root={demo_root}"])
     assert random_init_methods(conf) == [] and random_init_warning(conf) is None
 
 
 def test_a_learned_method_without_weights_gives_one_warning_line(demo_root):
-    conf = load_config("configs/demo-learned.yaml", [f"data.root={demo_root}", "extract.weights=null",
+    conf = load_config(LEARNED_CONFIG, [f"data.root={demo_root}", "extract.weights=null",
                                                      "refine.weights=null"])
     assert random_init_methods(conf) == ["extract.method=pump", "refine.method=patch2pix"]
     line = random_init_warning(conf)
     assert "\n" not in line and "extract.method=pump" in line and "random initialisation" in line
     assert random_init_warning(conf, ("propose",)) is None  # only the stages that will run
-    sift = load_config("configs/demo.yaml", [f"data.root={demo_root}"])
+    sift = load_config(DEMO_CONFIG, [f"data.root={demo_root}"])
     assert random_init_warning(sift) is None
