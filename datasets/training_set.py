@@ -64,15 +64,26 @@ def check_held_out(seeds) -> None:
         raise ValueError(f"training seeds {overlap} are held-out evaluation seeds {HELD_OUT_SEEDS}")
 
 
+def _skimage_data():
+    """``skimage.data``, or an ImportError saying how to get it."""
+    try:
+        import skimage.data
+    except ImportError as exc:
+        raise ImportError("the training set's photographs come from scikit-image: pip install 'matchmill[train]' "
+                          "(or scikit-image), or leave them out (matchmill train-data --no-photos)") from exc
+    return skimage.data
+
+
 def _write_photos(out: Path) -> list[dict[str, Any]]:
     """Write the :data:`PHOTOS` as RGB PNGs; returns IMAGES rows. Skipped photos are logged."""
     import cv2
-    import skimage.data
+
+    skimage_data = _skimage_data()
 
     out.mkdir(parents=True, exist_ok=True)
     rows, licences = [], {}
     for name, licence in PHOTOS.items():
-        img = np.asarray(getattr(skimage.data, name)())
+        img = np.asarray(getattr(skimage_data, name)())
         if img.dtype != np.uint8:
             img = (255 * (img.astype(np.float64) / max(float(img.max()), 1e-9))).astype(np.uint8)
         if img.ndim == 2:
@@ -109,6 +120,8 @@ def write_training_set(out: str | Path, num_scenes: int = 24, num_cameras: int =
     out = Path(out)
     seeds = list(range(int(seed_start), int(seed_start) + int(num_scenes)))
     check_held_out(seeds)
+    if photos:
+        _skimage_data()  # fail before anything is written
     params = {"version": VERSION, "seeds": seeds, "num_cameras": int(num_cameras), "width": int(width),
               "height": int(height), "photos": bool(photos), "max_pairs_per_scene": int(max_pairs_per_scene)}
     marker = out / "training_set.json"

@@ -17,6 +17,17 @@ PUMP_P2P_WEIGHTS = "shipped:patch2pix-pump-cpu"
 RESNET_NC_WEIGHTS = "shipped:ncnet-resnet34-seed0"
 RESNET_P2P_WEIGHTS = "shipped:patch2pix-resnet34-seed0"
 
+#: PUMP pyramid -> NCNet with the shipped weights: the first two stages of the learned chain.
+_PUMP_NCNET: dict[str, Any] = {
+    "extract.method": "pump",
+    "extract.weights": PUMP_WEIGHTS,
+    "extract.pyramid": True,  # f0..f4 for NCNet and Patch2Pix
+    "extract.dense": False,  # no dense multi-scale maps (those are for pump-pyramid)
+    "propose.method": "ncnet",
+    "propose.weights": PUMP_NC_WEIGHTS,
+    "propose.relocalize": 2,  # the weakly supervised NC shifts its peaks: re-place them on raw f4 (model card)
+}
+
 #: Preset name -> dotted config overrides (values as Python objects). Learned presets use the
 #: shipped weights; ``<preset>:<stage>.weights=PATH`` (or ``=null``, a random init) replaces them.
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
@@ -24,16 +35,13 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "sift": {"extract.method": "sift", "propose.method": "mnn", "refine.method": "identity"},
     # the learned chain: PUMP ConvMixer pyramid -> NCNet 4D-consensus proposals -> Patch2Pix regressors
     "pump-ncnet-patch2pix": {
-        "extract.method": "pump",
-        "extract.weights": PUMP_WEIGHTS,
-        "extract.pyramid": True,
-        "extract.dense": False,
-        "propose.method": "ncnet",
-        "propose.weights": PUMP_NC_WEIGHTS,
+        **_PUMP_NCNET,
         "refine.method": "patch2pix",
         "refine.weights": PUMP_P2P_WEIGHTS,
         "refine.feat_channels": [3, 128, 128, 128],
     },
+    # the learned chain without its last stage: what Patch2Pix's regressors add (or cost) on top of NCNet
+    "pump-ncnet": {**_PUMP_NCNET, "refine.method": "identity"},
     # Patch2Pix: ResNet34 pyramid (seed-0 init: no ImageNet weights here) -> NCNet -> regressors
     # trained on it; users with torchvision weights set extract.weights and train their own NC / regressors
     "patch2pix": {

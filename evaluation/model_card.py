@@ -60,7 +60,7 @@ __all__ = [
 CARD_VERSION = 1
 
 #: The presets of the card, in row order (those missing from METHOD_PRESETS at run time are skipped).
-DEFAULT_METHODS = ("sift", "pump", "pump-sift-mnn", "pump-ncnet-patch2pix", "patch2pix")
+DEFAULT_METHODS = ("sift", "pump", "pump-sift-mnn", "pump-ncnet-patch2pix", "pump-ncnet", "patch2pix")
 
 #: Demo scenes of the card: fixed so that every card evaluates the same images.
 DEMO_NUM_CAMERAS, DEMO_WIDTH, DEMO_HEIGHT = 14, 320, 240

@@ -49,6 +49,7 @@ __all__ = [
     "mutual_matching",
     "transpose_ab",
     "matches_from_volume",
+    "relocalize_matches",
 ]
 
 DEFAULT_CONF: dict = {
@@ -287,6 +288,54 @@ class NeighConsensus(nn.Module):
 
 
 # ----------------------------------------------------------------------------- match extraction
+
+
+def relocalize_matches(feat_a: Tensor, feat_b: Tensor, matches: Tensor, radius: int = 2, upsample: int = 8,
+                       center: bool = True, eps: float = 1e-6) -> Tensor:
+    """Move each proposal to the best raw-correlation cell pair within ``radius`` cells of it.
+
+    NC selects *which* regions match; its filtered volume need not peak on the exact cell: a
+    weakly supervised NC (whose loss rewards a peaked volume, not a well placed one) can learn
+    kernels that shift the peak by a cell or two. This search over the ``(2r+1)^2`` cells around the
+    match in A times those around it in B keeps the pair of highest feature correlation (matchmill's
+    addition, not in NCNet / Patch2Pix; ``radius=0`` returns ``matches`` unchanged).
+
+    Args:
+        feat_a: :math:`(1, C, h_A, w_A)` the features NC correlated (f4), unnormalised.
+        feat_b: :math:`(1, C, h_B, w_B)`.
+        matches: :math:`(N, 4)` pixel proposals ``x1, y1, x2, y2`` on the ``upsample`` grid.
+        radius: search radius in cells.
+        upsample: grid stride in pixels; ``center`` adds ``upsample // 2`` (as :func:`matches_from_volume`).
+
+    Returns:
+        :math:`(N, 4)` relocated proposals on the same grid, same dtype.
+    """
+    if radius <= 0 or len(matches) == 0:
+        return matches
+    if feat_a.ndim != 4 or feat_a.shape[0] != 1 or feat_b.ndim != 4 or feat_b.shape[0] != 1:
+        raise ValueError(f"relocalize_matches expects (1, C, h, w) features, got {tuple(feat_a.shape)}, {tuple(feat_b.shape)}")
+    shift = upsample // 2 if center else 0
+    fa, fb = l2_normalize(feat_a, eps)[0], l2_normalize(feat_b, eps)[0]
+    r = int(radius)
+    steps = torch.arange(-r, r + 1, device=matches.device)
+    offs = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1).reshape(-1, 2)  # (K, 2) dx, dy
+
+    def around(xy: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
+        cell = torch.round((xy.float() - shift) / upsample).long()
+        cells = cell[:, None, :] + offs[None]  # (N, K, 2)
+        cells[..., 0] = cells[..., 0].clamp(0, f.shape[2] - 1)
+        cells[..., 1] = cells[..., 1].clamp(0, f.shape[1] - 1)
+        return cells, f[:, cells[..., 1], cells[..., 0]].permute(1, 2, 0)  # (N, K, C)
+
+    cells_a, va = around(matches[:, :2], fa)
+    cells_b, vb = around(matches[:, 2:], fb)
+    sim = torch.einsum("nic,njc->nij", va.float(), vb.float()).reshape(len(matches), -1)
+    best = sim.argmax(dim=1)
+    n, k = torch.arange(len(matches), device=matches.device), offs.shape[0]
+    qa, qb = cells_a[n, best // k], cells_b[n, best % k]
+    return (torch.cat([qa, qb], dim=1) * upsample + shift).to(matches.dtype)
+
+
 
 
 def _empty_matches(device: torch.device | None = None) -> tuple[Tensor, Tensor]:

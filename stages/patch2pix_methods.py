@@ -103,6 +103,7 @@ class NCNetProposer:
         "init_seed": 0,  # seed of the random initialisation when no weights are given
         "nc_threshold": 0.0,  # keep proposals with NC score above this (Patch2Pix 0.0, NCNet baseline 0.9)
         "max_proposals": 0,  # keep the top-N by score; 0 = all
+        "relocalize": 0,  # move each proposal to the best raw f4 correlation within this many cells (0 = NCNet as is)
         "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
     uses_device = True
@@ -125,6 +126,11 @@ class NCNetProposer:
         with autocast(self.device, self.conf["amp"]):
             out = self.net(f4a, f4b)
             matches, scores = self.net.extract_matches(out)
+            if int(self.conf["relocalize"]) > 0:
+                from matchmill.models.ncnet import relocalize_matches
+
+                matches = relocalize_matches(f4a, f4b, matches, int(self.conf["relocalize"]),
+                                             int(self.net.conf["upsample"]), bool(self.net.conf["center"]))
         matches, scores = to_numpy(matches), to_numpy(scores)
         if self.conf["max_proposals"] and len(scores) > self.conf["max_proposals"]:
             keep = np.argsort(-scores, kind="stable")[: self.conf["max_proposals"]]

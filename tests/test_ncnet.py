@@ -328,3 +328,20 @@ def test_batched_forward_equals_per_pair() -> None:
             assert torch.allclose(both["corr"][i : i + 1], one["corr"], atol=1e-6)
             assert torch.equal(both["offsets"][i : i + 1], one["offsets"])
     assert both["shape_a"] == (4, 6) and both["shape_b"] == (6, 4)
+
+
+def test_relocalize_moves_a_shifted_proposal_to_the_best_raw_correlation():
+    """A proposal one or two cells off its true partner lands on it; radius 0 leaves it; far ones stay within radius."""
+    from matchmill.models.ncnet import relocalize_matches
+
+    torch.manual_seed(0)
+    fa = torch.randn(1, 32, 6, 8)
+    fb = torch.randn(1, 32, 6, 8)
+    fb[0, :, 3, 5] = fa[0, :, 2, 1]  # cell (x=1, y=2) of A matches cell (x=5, y=3) of B
+    true = torch.tensor([[1 * 8 + 4, 2 * 8 + 4, 5 * 8 + 4, 3 * 8 + 4]], dtype=torch.float32)
+    off = true + torch.tensor([[8.0, 0.0, -16.0, 8.0]])  # A one cell right, B two left and one down
+    assert torch.equal(relocalize_matches(fa, fb, off, radius=2), true)
+    assert torch.equal(relocalize_matches(fa, fb, off, radius=0), off)
+    moved = relocalize_matches(fa, fb, off, radius=1)
+    assert (moved - off).abs().max() <= 8 and moved.dtype == off.dtype
+    assert relocalize_matches(fa, fb, off[:0], radius=2).shape == (0, 4)

@@ -83,3 +83,24 @@ def test_a_learned_method_without_weights_gives_one_warning_line(demo_root):
     assert random_init_warning(conf, ("propose",)) is None  # only the stages that will run
     sift = load_config(DEMO_CONFIG, [f"data.root={demo_root}"])
     assert random_init_warning(sift) is None
+
+
+def test_pack_stores_fp16_that_loads_back_within_fp16_precision(tmp_path):
+    from safetensors.torch import save_file
+
+    from matchmill.models.pump.convmixer import PumpConvMixer, cpu_sized
+    from matchmill.models.weights import load_weights, read_state_dict
+    from matchmill.weights.pack import pack
+
+    torch.manual_seed(0)
+    net = PumpConvMixer(cpu_sized())
+    src = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(src))
+    out = pack(str(src), "pump-convmixer-cpu", out_dir=tmp_path / "out" if (tmp_path / "out").mkdir() is None else None)
+    state = read_state_dict(str(out))
+    assert all(v.dtype == torch.float16 for k, v in state.items() if net.state_dict()[k].is_floating_point())
+    back = PumpConvMixer(cpu_sized())
+    load_weights(back, str(out), strict=True)
+    for k, v in net.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(back.state_dict()[k], v, rtol=1e-3, atol=1e-4), k

@@ -34,8 +34,13 @@ def register(sub) -> None:
 def cmd_train_data(args: argparse.Namespace) -> int:
     from matchmill.datasets.training_set import write_training_set
 
-    info = write_training_set(args.out, num_scenes=args.scenes, num_cameras=args.cameras, width=args.width,
-                              height=args.height, photos=not args.no_photos, max_pairs_per_scene=args.pairs_per_scene)
+    try:
+        info = write_training_set(args.out, num_scenes=args.scenes, num_cameras=args.cameras, width=args.width,
+                                  height=args.height, photos=not args.no_photos,
+                                  max_pairs_per_scene=args.pairs_per_scene)
+    except (ImportError, ValueError) as exc:
+        print(f"matchmill: error: {exc}", file=sys.stderr)
+        return 2
     print(f"training set in {args.out}: {info['images']} images, {info['pairs']} pairs "
           f"(seeds {info['seeds'][0]}..{info['seeds'][-1]}); pairs.parquet, images.parquet")
     return 0
