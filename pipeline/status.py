@@ -107,7 +107,10 @@ def compare_runs(run_urls: list[str]) -> str:
         methods = []
         for stage in ("extract", "propose", "refine") if summary else ():
             commit = read_commit(url, stage)
-            method = ((getattr(commit, "extra", None) or {}).get("config") or {}).get("method")
+            config = (getattr(commit, "extra", None) or {}).get("config")
+            if isinstance(config, (list, tuple)):  # [stage section, ...] as the runner commits it
+                config = config[0] if config else None
+            method = config.get("method") if isinstance(config, dict) else None
             if method and method != "identity":
                 methods.append(method)
         name = url.rstrip("/").rsplit("/", 1)[-1]

@@ -28,3 +28,21 @@ def test_metrics_of_runs_in_columns_fractions_in_percent(tmp_path, capsys):
     assert main(["compare", a, missing]) == 0
     out = capsys.readouterr().out
     assert f"no metrics yet: {missing}" in out and "-" in out.splitlines()[1]
+
+
+def test_column_names_the_chain_from_the_stage_commits(tmp_path, demo_root):
+    """The columns name each run's methods, read from commit markers written as the runner writes them."""
+    from matchmill.manifests.commit import CommitInfo, write_commit
+    from matchmill.pipeline.config import load_config
+    from matchmill.pipeline.graph import STAGES
+    from matchmill.pipeline.runner import _jsonable, stage_config
+
+    from .conftest import DEMO_CONFIG
+
+    conf = load_config(DEMO_CONFIG.parent / "demo-learned.yaml", [f"data.root={demo_root}"])
+    url = _run(tmp_path, "demo-learned", {"auc@10": 0.5})
+    for spec in STAGES:
+        if spec.name in ("extract", "propose", "refine"):
+            write_commit(url, CommitInfo(spec.name, spec.manifest, "h", 1, 0,
+                                         extra={"config": _jsonable(stage_config(conf, spec))}))
+    assert "demo-learned: pump>ncnet>patch2pix" in compare_runs([url]).splitlines()[0]
