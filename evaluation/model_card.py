@@ -52,6 +52,8 @@ from typing import Any, Callable, Sequence
 
 from matchmill.pipeline.config import ConfigError
 
+from .cli import _positive_int
+
 __all__ = [
     "DATASETS", "DEFAULT_METHODS", "CardDataset", "build_card_markdown", "heldout_demo_pairs",
     "random_init_overrides", "run_card", "write_megadepth_pairs_file",
@@ -838,16 +840,6 @@ def register(sub: Any) -> None:
     card.add_argument("overrides", nargs="*",
                       help="dotted config overrides for every method (key=value), or one method (<preset>:key=value)")
     card.set_defaults(func=cmd_card)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _command_of(req: CardRequest) -> str:

@@ -357,7 +357,7 @@ def make_training_example(
             feats = [[f.detach() for f in backbone(normalize_image(fr[0]).to(device))] for fr in frames]
             for i, (fr, fs) in enumerate(zip(frames, feats)):
                 nw, nh = fr[2]
-                c4 = int(getattr(backbone, "channels", [3, 64, 64, 128, 256])[4])  # resnet34: 256, pump: D
+                c4 = int(backbone.channels[4])  # resnet34: 256, pump: D (models/backbones.py)
                 want = [(1, 3, nh, nw), (1, c4, nh // 8, nw // 8)]
                 if len(fs) != 5 or [tuple(fs[0].shape), tuple(fs[4].shape)] != want:
                     raise ValueError(f"backbone pyramid of image{i} has shapes {[tuple(f.shape) for f in fs]}, "

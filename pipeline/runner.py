@@ -187,9 +187,9 @@ def preflight(conf: dict, states: list[StageState]) -> None:
 
 def _warn_random_init(conf: dict, states: list[StageState], echo) -> None:
     """One line when a learned method of a stage that will run has no weights."""
-    from matchmill.stages.registry import random_init_warning
+    from matchmill.stages.registry import REGISTRIES, random_init_warning
 
-    running = tuple(s.spec.name for s in states if s.action != "skip" and s.spec.name in ("extract", "propose", "refine"))
+    running = tuple(s.spec.name for s in states if s.action != "skip" and s.spec.name in REGISTRIES)
     line = random_init_warning(conf, running) if running else None
     if line:
         echo(f"matchmill: {line}")

@@ -107,10 +107,8 @@ def compare_runs(run_urls: list[str]) -> str:
         methods = []
         for stage in ("extract", "propose", "refine") if summary else ():
             commit = read_commit(url, stage)
-            config = (getattr(commit, "extra", None) or {}).get("config")
-            if isinstance(config, (list, tuple)):  # [stage section, ...] as the runner commits it
-                config = config[0] if config else None
-            method = config.get("method") if isinstance(config, dict) else None
+            config = commit.extra.get("config") if commit else None  # [stage section, ...] (runner.stage_config)
+            method = config[0].get("method") if config else None
             if method and method != "identity":
                 methods.append(method)
         name = url.rstrip("/").rsplit("/", 1)[-1]

@@ -32,7 +32,6 @@ from matchmill.method_conf import merge_conf
 from .devices import method_device, no_grad, to_numpy
 
 _LEVELS = ("f0", "f1", "f2", "f3", "f4")
-RESNET34_CHANNELS = (3, 64, 64, 128)  # f0..f3 of the ResNet34 pyramid (models/resnet.py)
 
 
 def _seeded(seed: int) -> None:
@@ -159,10 +158,16 @@ class Patch2PixRefiner:
         self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "refine")
-        self._nets: dict[tuple[int, ...], torch.nn.Module] = {}
+        self._net: torch.nn.Module | None = None  # built for the first f0..f3 layout it meets
+        self._channels: tuple[int, ...] | None = None
+        self._weights = None
+        if self.conf["weights"]:
+            from matchmill.models.weights import read_state_dict
+
+            self._weights = read_state_dict(self.conf["weights"])  # read once, whichever layout fits
         if self.conf["feat_channels"] is not None:  # known up front: build (and load) now, fail early
             self._net_for(tuple(int(c) for c in self.conf["feat_channels"]))
-        elif self.conf["weights"]:  # the file fixes the layout: find which, fail early when none fits
+        elif self._weights is not None:  # the file fixes the layout: find which, fail early when none fits
             self._load_known_layout()
 
     def _load_known_layout(self) -> None:
@@ -174,36 +179,37 @@ class Patch2PixRefiner:
         for channels in KNOWN_CHANNELS.values():
             try:
                 self._net_for(tuple(channels[:4]))
-                self.conf["feat_channels"] = list(channels[:4])
                 return
             except ValueError as exc:
                 first_error = first_error or exc
         raise first_error
 
     def _net_for(self, channels: tuple[int, ...]) -> torch.nn.Module:
-        """The regressors for f0..f3 of ``channels`` (built and loaded once per channel layout)."""
+        """The regressors for f0..f3 of ``channels``: built and loaded on first use, then fixed."""
         from matchmill.models.patch2pix import DEFAULT_CONF, Patch2Pix, cpu_sized
 
-        want = self.conf["feat_channels"]
-        if want is not None and tuple(int(c) for c in want) != channels:
-            raise ValueError(f"refine: the regressors read f0..f3 of {list(want)} channels (refine.feat_channels, or "
-                             f"the layout of refine.weights) but the stored pyramid has {list(channels)}: weights "
-                             "trained on another backbone than extract.method's")
-        if channels not in self._nets:
-            _seeded(self.conf["init_seed"])
-            net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
-            net = Patch2Pix({**net_conf, "feat_channels": list(channels),
-                             "confidence": float(self.conf["confidence"])}).eval()
-            load_state(net, self.conf["weights"])
-            self._nets[channels] = net.to(self.device)
-        return self._nets[channels]
+        if self._net is not None:
+            if channels != self._channels:
+                raise ValueError(f"refine: the regressors read f0..f3 of {list(self._channels)} channels "
+                                 f"(refine.feat_channels, or the layout of refine.weights) but the stored pyramid "
+                                 f"has {list(channels)}: weights trained on another backbone than extract.method's")
+            return self._net
+        _seeded(self.conf["init_seed"])
+        net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
+        net = Patch2Pix({**net_conf, "feat_channels": list(channels), "confidence": float(self.conf["confidence"])}).eval()
+        if self._weights is not None:
+            from matchmill.models.weights import load_weights
+
+            load_weights(net, self._weights, strict=True, where=str(self.conf["weights"]))
+        self._net, self._channels = net.to(self.device), channels
+        return self._net
 
     @property
     def net(self) -> torch.nn.Module:
-        """The regressors of ``feat_channels`` (when unset: the first built, else the ResNet34 layout)."""
-        if self.conf["feat_channels"] is None and self._nets:
-            return next(iter(self._nets.values()))
-        return self._net_for(tuple(int(c) for c in (self.conf["feat_channels"] or RESNET34_CHANNELS)))
+        """The regressors (built for the ResNet34 layout when nothing fixed one yet)."""
+        from matchmill.models.backbones import KNOWN_CHANNELS
+
+        return self._net if self._net is not None else self._net_for(KNOWN_CHANNELS["resnet34"][:4])
 
     def __call__(self, matches: np.ndarray, scores: np.ndarray, feats0=None, feats1=None, row=None):
         """(N, 4) original-pixel proposals -> (M, 4) refined matches and (M,) fine confidences."""

@@ -60,7 +60,7 @@ def method_defaults(stage: str, name: str) -> dict:
     return dict(getattr(load_method(stage, name), "default_conf", {}))
 
 
-def random_init_methods(conf: dict, stages=("extract", "propose", "refine")) -> list[str]:
+def random_init_methods(conf: dict, stages=tuple(REGISTRIES)) -> list[str]:
     """``stage.method=name`` of every learned method of ``conf`` that runs from a random init.
 
     A method is learned when its ``default_conf`` has a ``weights`` key; it runs from a seeded
@@ -71,14 +71,14 @@ def random_init_methods(conf: dict, stages=("extract", "propose", "refine")) -> 
         section = conf.get(stage) or {}
         name = section.get("method")
         if name not in REGISTRIES[stage]:
-            continue
+            continue  # validation names unknown methods; nothing to warn about here
         cls = load_method(stage, name)
         if "weights" in getattr(cls, "default_conf", {}) and not section.get("weights"):
             out.append(f"{stage}.method={name}")
     return out
 
 
-def random_init_warning(conf: dict, stages=("extract", "propose", "refine")) -> str | None:
+def random_init_warning(conf: dict, stages=tuple(REGISTRIES)) -> str | None:
     """One warning line naming the learned methods of ``conf`` without weights, or None."""
     methods = random_init_methods(conf, stages)
     if not methods:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from matchmill.pipeline.config import ConfigError
 
-from .pair_features import build_backbone, check_size, validate_on_pose_pairs
+from .pair_features import build_backbone, check_backbone, check_size, validate_on_pose_pairs
 from .task import TrainTask, sample_rng
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,7 @@ def check_conf(conf: dict) -> None:
 
     c, d = conf["ncnet"], conf["data"]
     check_size(c["size"], "ncnet.size")
-    from matchmill.models.backbones import BACKBONES
-
-    if c["backbone"] not in BACKBONES:
-        raise ConfigError(f"ncnet.backbone: {c['backbone']!r} is not one of {', '.join(BACKBONES)}")
-    if c["backbone_conf"] is not None and not isinstance(c["backbone_conf"], dict):
-        raise ConfigError(f"ncnet.backbone_conf: expected a mapping of overrides or null, got {c['backbone_conf']!r}")
+    check_backbone(c, "ncnet")
     if c["nc"] is not None and not isinstance(c["nc"], dict):
         raise ConfigError(f"ncnet.nc: expected a mapping of overrides or null, got {c['nc']!r}")
     src = inspect_manifest(d["pairs"], ("pairs",), "data.pairs", d["images_dir"])

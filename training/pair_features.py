@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["build_backbone", "NetworkPair", "network_pair", "check_size", "validate_on_pose_pairs"]
+__all__ = ["build_backbone", "check_backbone", "NetworkPair", "network_pair", "check_size", "validate_on_pose_pairs"]
 
 
 def check_size(size: Sequence[int], where: str) -> tuple[int, int]:
@@ -23,6 +23,17 @@ def check_size(size: Sequence[int], where: str) -> tuple[int, int]:
     if not isinstance(size, (list, tuple)) or len(size) != 2 or any(not isinstance(v, int) or v % 16 or v < 32 for v in size):
         raise ConfigError(f"{where}: expected [W, H], each a multiple of 16 and >= 32, got {size!r}")
     return int(size[0]), int(size[1])
+
+
+def check_backbone(conf: dict, section: str) -> None:
+    """ConfigError unless ``<section>.backbone`` is a known backbone and ``backbone_conf`` a mapping or null."""
+    from matchmill.models.backbones import BACKBONES
+    from matchmill.pipeline.config import ConfigError
+
+    if conf["backbone"] not in BACKBONES:
+        raise ConfigError(f"{section}.backbone: {conf['backbone']!r} is not one of {', '.join(BACKBONES)}")
+    if conf["backbone_conf"] is not None and not isinstance(conf["backbone_conf"], dict):
+        raise ConfigError(f"{section}.backbone_conf: expected a mapping of overrides or null, got {conf['backbone_conf']!r}")
 
 
 def build_backbone(conf: dict, device: torch.device) -> nn.Module:

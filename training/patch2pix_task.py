@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from matchmill.pipeline.config import ConfigError
 
-from .pair_features import build_backbone, check_size, validate_on_pose_pairs
+from .pair_features import build_backbone, check_backbone, check_size, validate_on_pose_pairs
 from .task import TrainTask, sample_rng
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,7 @@ def check_conf(conf: dict) -> None:
 
     c, d = conf["patch2pix"], conf["data"]
     check_size(c["size"], "patch2pix.size")
-    from matchmill.models.backbones import BACKBONES
-
-    if c["backbone"] not in BACKBONES:
-        raise ConfigError(f"patch2pix.backbone: {c['backbone']!r} is not one of {', '.join(BACKBONES)}")
-    if c["backbone_conf"] is not None and not isinstance(c["backbone_conf"], dict):
-        raise ConfigError(f"patch2pix.backbone_conf: expected a mapping of overrides or null, got {c['backbone_conf']!r}")
+    check_backbone(c, "patch2pix")
     if c["ptmax"] < 2:
         raise ConfigError(f"patch2pix.ptmax: must be >= 2, got {c['ptmax']}")
     if c["net"] is not None and not isinstance(c["net"], dict):

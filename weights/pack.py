@@ -12,21 +12,19 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 
 def pack(source: str, name: str, out_dir: str | Path | None = None) -> Path:
     """Write ``<out_dir>/<file of NAME>`` from ``source``; returns the path."""
     from safetensors.torch import save_file
 
-    from matchmill.manifests.storage import exists, join, read_bytes
+    from matchmill.manifests.storage import exists, read_bytes
     from matchmill.models.weights import read_state_dict
     from matchmill.training.checkpoints import weights_file
 
     from . import SHIPPED, _HERE
 
     if name not in SHIPPED:
-        raise SystemExit(f"unknown name {name!r}; known: {', '.join(sorted(SHIPPED))}")
+        raise ValueError(f"unknown name {name!r}; known: {', '.join(sorted(SHIPPED))}")
     path = weights_file(source)
     state = read_state_dict(path)
     packed = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
