@@ -15,17 +15,8 @@ from typing import Any, Callable
 
 from matchmill.pipeline.config import ConfigError
 
+from .arguments import positive_int
 from .methods import BASELINE, METHOD_PRESETS, UnknownPresetError, select_methods
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _common_options(parser: argparse.ArgumentParser, resize_help: str) -> None:
@@ -39,8 +30,8 @@ def _common_options(parser: argparse.ArgumentParser, resize_help: str) -> None:
         "--history", default=None,
         help="history table URL (default: OUT/../history.parquet, next to OUT; 'none' = no history)",
     )
-    parser.add_argument("--resize", type=_positive_int, default=None, help=resize_help)
-    parser.add_argument("--max-pairs", type=_positive_int, default=None,
+    parser.add_argument("--resize", type=positive_int, default=None, help=resize_help)
+    parser.add_argument("--max-pairs", type=positive_int, default=None,
                         help="evaluate at most N pairs, evenly spaced over the list")
     parser.add_argument("--config", default=None, help="base YAML job file (default: built-in defaults)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")

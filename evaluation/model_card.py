@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 
 from matchmill.pipeline.config import ConfigError
 
-from .cli import _positive_int
+from .arguments import positive_int
 
 __all__ = [
     "DATASETS", "DEFAULT_METHODS", "CardDataset", "build_card_markdown", "heldout_demo_pairs",
@@ -818,20 +818,20 @@ def register(sub: Any) -> None:
     card.add_argument("--methods", default=None,
                       help=f"comma-separated method presets (default: {','.join(DEFAULT_METHODS)})")
     card.add_argument("--datasets", default=None, help=f"comma-separated datasets (default: all: {','.join(DATASET_KEYS)})")
-    card.add_argument("--max-pairs", type=_positive_int, default=None,
+    card.add_argument("--max-pairs", type=positive_int, default=None,
                       help=f"at most N pairs per dataset, evenly spaced (default: demo {DEMO_PAIRS[0]}, others all; "
                            f"--quick: demo {DEMO_PAIRS[1]}, others {REAL_PAIRS[1]})")
     card.add_argument("--quick", action="store_true", help="fewer pairs (see --max-pairs) and cost pairs")
-    card.add_argument("--resize", type=_positive_int, default=640,
+    card.add_argument("--resize", type=positive_int, default=640,
                       help="long image side fed to the extractors on the real-image datasets (default 640)")
-    card.add_argument("--demo-resize", type=_positive_int, default=DEMO_WIDTH,
+    card.add_argument("--demo-resize", type=positive_int, default=DEMO_WIDTH,
                       help=f"long side on the demo scenes and in the cost measurement (default {DEMO_WIDTH}: native)")
     card.add_argument("--demo-seeds", default=None,
                       help="comma-separated held-out demo seeds (default: HELD_OUT_SEEDS = 0,1,2)")
     card.add_argument("--random-init", action="store_true",
                       help="every preset's weights set to null (seeded random init): the card without trained weights")
     card.add_argument("--no-cost", action="store_true", help="skip the CPU cost measurement")
-    card.add_argument("--cost-pairs", type=_positive_int, default=None,
+    card.add_argument("--cost-pairs", type=positive_int, default=None,
                       help=f"demo pairs of the cost measurement (default {COST_PAIRS[0]}, --quick {COST_PAIRS[1]})")
     card.add_argument("--history", default=None,
                       help="history table URL (default: OUT/../history.parquet; 'none' = no history)")
