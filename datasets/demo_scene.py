@@ -10,6 +10,8 @@ PINHOLE cameras on an arc around it, and writes::
     <out>/<scene>/sparse/              COLMAP binary model written with pycolmap
                                        (cameras, images, points3D, + rigs/frames of COLMAP 3.12+)
     <out>/<scene>/demo_scene.json      {seed, num_cameras, width, height, version, scene}
+                                       (+ sfm_groups, only when given)
+    <out>/<scene>/sfm_groups.json      {image name: group}, only when ``sfm_groups`` is given
     <out>/demo_scene.json              the same, for the most recently written scene
 
 The scene folder is assembled under a temporary name and renamed into place, so when
@@ -27,6 +29,11 @@ Conventions:
 - Points3D are sampled on the surfaces; an observation is kept when the point projects inside
   the image and its z-depth agrees within 1 % with the rendered depth map (bilinear, away from
   depth discontinuities). Tracks have length >= 2.
+- ``sfm_groups`` (one label per camera) splits the model as if SfM had reconstructed each group
+  separately, in one world frame: every track is split by group and each part with >= 2
+  observations becomes its own 3D point (same xyz and colour). Images of different groups then
+  share no 3D point although they may overlap (ground truth for mining missed pairs); images,
+  depth maps and poses are the same as without groups.
 
 Same arguments -> byte-identical JPEGs (on one platform/numpy/OpenCV build).
 """
@@ -48,6 +55,8 @@ from .megadepth import sample_depth
 #: Bump whenever the rendered content or layout changes.
 DEMO_SCENE_VERSION = 2
 MARKER_NAME = "demo_scene.json"
+#: Per-scene {image name: SfM group} file, written only for split models.
+SFM_GROUPS_NAME = "sfm_groups.json"
 #: Relative tolerance of the depth test that decides whether a 3D point is seen by a camera.
 VISIBILITY_REL_TOL = 0.01
 #: Lightmap resolution (metres per lightmap texel); shadows are baked once per scene.
@@ -1110,33 +1119,66 @@ def observe(xyz: np.ndarray, K: np.ndarray, cam_from_world: np.ndarray, depth: n
 # writing
 
 
+def model_tracks(visible: np.ndarray, groups: np.ndarray | None = None
+                 ) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
+    """The 3D points of the COLMAP model as tracks over the sampled surface points.
+
+    Without ``groups`` every sampled point seen by >= 2 cameras is one track. With ``groups`` the
+    cameras seeing a point are split by group label and every part with >= 2 cameras is its own
+    track (so no track spans two groups).
+
+    Args:
+        visible: (N, M) bool, camera i sees sampled point p.
+        groups: (N,) int group label per camera, or None.
+    Returns:
+        tracks: (p, cameras) per model point in writing order (by p, then by group label), with
+            cameras an (L,) int64 array of camera indices (L >= 2, increasing).
+        kept: (N, M) bool, the observations that belong to some track.
+    """
+    if groups is None:
+        keep = visible.sum(0) >= 2
+        tracks = [(int(p), np.flatnonzero(visible[:, p])) for p in np.flatnonzero(keep)]
+        return tracks, visible & keep
+    groups = np.asarray(groups)
+    kept = np.zeros_like(visible)
+    for g in np.unique(groups):
+        member = groups == g
+        kept[member] = visible[member] & (visible[member].sum(0) >= 2)
+    tracks = []
+    for p in np.flatnonzero(kept.any(0)):
+        cams = np.flatnonzero(kept[:, p])
+        for g in np.unique(groups[cams]):
+            tracks.append((int(p), cams[groups[cams] == g]))
+    return tracks, kept
+
+
 def write_colmap_model(path: Path, names: list[str], cams: list[tuple[np.ndarray, np.ndarray]],
                        width: int, height: int, xyz: np.ndarray, colors: np.ndarray,
-                       visible: np.ndarray, xy: np.ndarray) -> None:
+                       visible: np.ndarray, xy: np.ndarray, groups: np.ndarray | None = None) -> None:
     """Write a COLMAP binary model with pycolmap (COLMAP pixel convention, see module doc).
 
     Args:
         names: N image names; cams: N (K OpenCV (3, 3), cam_from_world (4, 4)).
         xyz: (M, 3) points, colors (M, 3) uint8; visible (N, M) bool; xy (N, M, 2) OpenCV pixels.
-        Only points seen by >= 2 cameras are written.
+        groups: (N,) int SfM group per camera, or None (one model); see :func:`model_tracks`.
+        Only tracks of >= 2 cameras are written.
     """
     import pycolmap
 
-    keep = visible.sum(0) >= 2
+    tracks, kept = model_tracks(visible, groups)
     rec = pycolmap.Reconstruction()
     obs_index: list[dict[int, int]] = []
     for i, (name, (K, T)) in enumerate(zip(names, cams)):
         cam = pycolmap.Camera.create_from_model_name(i + 1, "PINHOLE", float(K[0, 0]), width, height)
         cam.params = [K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5]  # COLMAP: pixel centre at +0.5
         rec.add_camera_with_trivial_rig(cam)
-        pts = np.flatnonzero(visible[i] & keep)
+        pts = np.flatnonzero(kept[i])
         obs_index.append({int(p): k for k, p in enumerate(pts)})
         image = pycolmap.Image(name=name, keypoints=xy[i, pts] + 0.5, camera_id=i + 1, image_id=i + 1)
         pose = pycolmap.Rigid3d(pycolmap.Rotation3d(T[:3, :3]), T[:3, 3])
         rec.add_image_with_trivial_frame(image, pose)
-    for p in np.flatnonzero(keep):
-        track = pycolmap.Track([pycolmap.TrackElement(i + 1, obs_index[i][int(p)])
-                                for i in np.flatnonzero(visible[:, p])])
+    for p, track_cams in tracks:
+        track = pycolmap.Track([pycolmap.TrackElement(int(i) + 1, obs_index[i][p]) for i in track_cams])
         rec.add_point3D(xyz[p], track, colors[p])
     rec.update_point_3d_errors()
     path.mkdir(parents=True, exist_ok=True)
@@ -1151,10 +1193,31 @@ def write_depth(path: Path, depth: np.ndarray) -> None:
         f.create_dataset("depth", data=depth.astype(np.float32), compression="gzip", compression_opts=4)
 
 
-def demo_scene_params(seed: int, num_cameras: int, width: int, height: int, scene: str) -> dict[str, Any]:
-    """The marker content identifying a generated scene."""
-    return {"seed": int(seed), "num_cameras": int(num_cameras), "width": int(width),
-            "height": int(height), "version": DEMO_SCENE_VERSION, "scene": scene}
+def demo_scene_params(seed: int, num_cameras: int, width: int, height: int, scene: str,
+                      sfm_groups: list[int] | None = None) -> dict[str, Any]:
+    """The marker content identifying a generated scene (``sfm_groups`` only when given)."""
+    params: dict[str, Any] = {"seed": int(seed), "num_cameras": int(num_cameras), "width": int(width),
+                              "height": int(height), "version": DEMO_SCENE_VERSION, "scene": scene}
+    if sfm_groups is not None:
+        params["sfm_groups"] = [int(g) for g in sfm_groups]
+    return params
+
+
+def check_sfm_groups(sfm_groups: Any, num_cameras: int) -> list[int] | None:
+    """``sfm_groups`` as a list of ints (None stays None); ValueError naming the problem when it
+    is not a sequence of ``num_cameras`` integer labels (bools are not labels)."""
+    if sfm_groups is None:
+        return None
+    if isinstance(sfm_groups, (str, bytes, dict)) or not hasattr(sfm_groups, "__len__"):
+        raise ValueError(f"sfm_groups must be a list of {num_cameras} int labels, got {sfm_groups!r}")
+    labels = list(sfm_groups)
+    if len(labels) != num_cameras:
+        raise ValueError(f"sfm_groups must have one label per camera: got {len(labels)} labels "
+                         f"for num_cameras={num_cameras}")
+    bad = [g for g in labels if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer))]
+    if bad:
+        raise ValueError(f"sfm_groups labels must be ints, got {bad[0]!r} ({type(bad[0]).__name__})")
+    return [int(g) for g in labels]
 
 
 def read_marker(folder: str | Path) -> dict[str, Any] | None:
@@ -1172,7 +1235,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, width: int = 320,
-                     height: int = 240, scene: str = "demo") -> Path:
+                     height: int = 240, scene: str = "demo", sfm_groups: list[int] | None = None) -> Path:
     """Render and write the demo scene to ``<out_dir>/<scene>``; returns that folder.
 
     The scene is built in a temporary folder that is renamed into place, so ``<out>/<scene>`` is
@@ -1188,6 +1251,9 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
         num_cameras: number of images (>= 2; 12+ recommended).
         width, height: image size in pixels.
         scene: scene folder name.
+        sfm_groups: one int group label per camera: split the COLMAP model by group (see the
+            module doc) and write ``sfm_groups.json``; None = one model. Images, depth maps and
+            poses do not depend on it.
     """
     if num_cameras < 2:
         raise ValueError(f"num_cameras must be >= 2, got {num_cameras}")
@@ -1195,6 +1261,7 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
         raise ValueError(f"image size must be at least 16x16, got {width}x{height}")
     if not scene or Path(scene).name != scene or scene.startswith("."):
         raise ValueError(f"scene must be a plain folder name, got {scene!r}")
+    sfm_groups = check_sfm_groups(sfm_groups, num_cameras)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / scene
@@ -1206,7 +1273,7 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
     cams = make_cameras(rng, num_cameras, width, height)
     xyz, colors = sample_surface_points(rng, world, NUM_POINTS)
     names = [f"demo_{i:03d}.jpg" for i in range(num_cameras)]
-    params = demo_scene_params(seed, num_cameras, width, height, scene)
+    params = demo_scene_params(seed, num_cameras, width, height, scene, sfm_groups)
 
     tmp = out / f".{scene}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -1227,7 +1294,10 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
             (tmp / "images" / names[i]).write_bytes(buf.tobytes())
             write_depth(tmp / "depths" / (Path(names[i]).stem + ".h5"), depth)
             visible[i], xy[i] = observe(xyz, K, T, depth)
-        write_colmap_model(tmp / "sparse", names, cams, width, height, xyz, colors, visible, xy)
+        groups = None if sfm_groups is None else np.asarray(sfm_groups, np.int64)
+        write_colmap_model(tmp / "sparse", names, cams, width, height, xyz, colors, visible, xy, groups)
+        if sfm_groups is not None:
+            _write_json_atomic(tmp / SFM_GROUPS_NAME, dict(zip(names, sfm_groups)))
         _write_json_atomic(tmp / MARKER_NAME, params)
         if final.exists():
             shutil.rmtree(final)
@@ -1239,10 +1309,11 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
 
 
 def ensure_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, width: int = 320,
-                      height: int = 240, scene: str = "demo") -> Path:
+                      height: int = 240, scene: str = "demo", sfm_groups: list[int] | None = None) -> Path:
     """``<out_dir>/<scene>``, written by :func:`write_demo_scene` unless a complete scene with
     exactly these parameters (and the current :data:`DEMO_SCENE_VERSION`) is already there."""
+    sfm_groups = check_sfm_groups(sfm_groups, num_cameras)
     final = Path(out_dir) / scene
-    if read_marker(final) == demo_scene_params(seed, num_cameras, width, height, scene):
+    if read_marker(final) == demo_scene_params(seed, num_cameras, width, height, scene, sfm_groups):
         return final
-    return write_demo_scene(out_dir, seed, num_cameras, width, height, scene)
+    return write_demo_scene(out_dir, seed, num_cameras, width, height, scene, sfm_groups)

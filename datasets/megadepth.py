@@ -334,6 +334,8 @@ def _pair_record(scene_name: str, scene_dir: Path, conf: dict[str, Any], im0: Co
         "overlap": float(overlap),
         "crop0": list(crop_to_aspect(im0.width, im0.height, conf["crop_aspect"])),
         "crop1": list(crop_to_aspect(im1.width, im1.height, conf["crop_aspect"])),
+        "similarity": None,
+        "shared_points": None,
         "status": STATUS_OK,
         "error": None,
     }

@@ -62,6 +62,10 @@ def pair_row(
     T_0to1: np.ndarray | None = None,
     H_0to1: np.ndarray | None = None,
     overlap: float | None = None,
+    crop0: list[int] | None = None,
+    crop1: list[int] | None = None,
+    similarity: float | None = None,
+    shared_points: int | None = None,
     error: str | None = None,
 ) -> dict[str, Any]:
     """A pairs-manifest row (exactly PAIR_ROW_KEYS); ``error`` set -> status "failed", no GT."""
@@ -78,8 +82,10 @@ def pair_row(
         "T_0to1": None if failed else _flat(T_0to1),
         "H_0to1": None if failed else _flat(H_0to1),
         "overlap": None if failed else overlap,
-        "crop0": None,
-        "crop1": None,
+        "crop0": crop0,
+        "crop1": crop1,
+        "similarity": None if similarity is None else float(similarity),
+        "shared_points": None if shared_points is None else int(shared_points),
         "status": STATUS_FAILED if failed else STATUS_OK,
         "error": error,
     }

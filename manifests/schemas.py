@@ -52,6 +52,8 @@ PAIR_FIELDS = [
     pa.field("overlap", pa.float64()),  # covisibility score used for selection, null if n/a
     pa.field("crop0", pa.list_(pa.int32())),  # [w, h] valid region (crop at right/bottom)
     pa.field("crop1", pa.list_(pa.int32())),
+    pa.field("similarity", pa.float64()),  # retrieval: cosine of the two global descriptors, null if n/a
+    pa.field("shared_points", pa.int32()),  # 3D points the two images share in the SfM model, null if unknown
 ]
 
 PAIRS = pa.schema(PAIR_FIELDS + STATUS_FIELDS, metadata={"manifest": "pairs"})
@@ -130,6 +132,24 @@ METRICS = pa.schema(
     metadata={"manifest": "metrics"},
 )
 
+#: ``matchmill mine``'s output: a pairs manifest (``matchmill train pump`` reads it as U data as it
+#: is) plus the provenance of each accepted pair. Mined pairs carry no ground truth (K, T and H
+#: are null): they are pairs the SfM model did not connect, for losses that need none.
+MINED = pa.schema(
+    PAIR_FIELDS
+    + [
+        pa.field("num_matches", pa.int32()),  # matches the chain proposed / refined
+        pa.field("num_inliers", pa.int32()),  # RANSAC inliers of verify's model
+        pa.field("inlier_ratio", pa.float64()),  # num_inliers / num_matches
+        pa.field("spread", pa.float64()),  # inliers' convex-hull area / image area, the smaller of the two images
+        pa.field("model", pa.string()),  # verify's model ("fundamental" | "homography")
+        pa.field("F_est", _f64_list),  # 3x3 fundamental matrix (original pixels), null if not estimated
+        pa.field("chain_hash", pa.string()),  # config hash of the verify stage (extract -> propose -> refine -> verify)
+    ]
+    + STATUS_FIELDS,
+    metadata={"manifest": "mine"},
+)
+
 #: Manifest (= stage) name -> (schema, key column).
 MANIFESTS: dict[str, tuple[pa.Schema, str]] = {
     "pairs": (PAIRS, "pair_id"),
@@ -139,6 +159,7 @@ MANIFESTS: dict[str, tuple[pa.Schema, str]] = {
     "refine": (MATCHES, "pair_id"),
     "verify": (VERIFIED, "pair_id"),
     "metrics": (METRICS, "metric"),
+    "mine": (MINED, "pair_id"),
 }
 
 

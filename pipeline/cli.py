@@ -1,4 +1,4 @@
-"""Command line: ``matchmill run | status | show | gc | compare | export | demo-data``.
+"""Command line: ``matchmill run | mine | status | show | gc | compare | export | demo-data``.
 
 Exit codes of ``run``: 0 done; 1 done, but a stage's failed rows exceed ``max_failed_fraction``
 (default 0: any failed row; the rows are kept, ``matchmill show RUN STAGE --failed`` lists them);
@@ -33,15 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run or resume a job")
-    run.add_argument("config", help="YAML job file (e.g. configs/demo.yaml)")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. extract.method=sift storage=file:///x")
-    run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")
-    run.add_argument("--until", default=None, help="stop after this stage commits (e.g. extract)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace stages committed with another config (default: refuse and touch nothing)")
-    # SUPPRESS: unless given here, ``matchmill -v run`` keeps the top-level flag's value
-    run.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                     help="show Ray's own INFO logs too (same as matchmill -v run)")
+    _job_arguments(run, "configs/demo.yaml", "extract.method=sift storage=file:///x")
+
+    mine = sub.add_parser("mine", help="mine pairs the SfM model missed: retrieval candidates, matched, verified, "
+                                       "accepted into a mined-pairs manifest (train pump's U data)")
+    _job_arguments(mine, "configs/mine.yaml", "data.root=/data/megadepth mine.min_inliers=40")
 
     status = sub.add_parser("status", help="stages of a run (committed or not, rows, failures, metrics) or a training run (step, validation, checkpoints)")
     status.add_argument("run_url")
@@ -84,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _job_arguments(parser: argparse.ArgumentParser, example: str, overrides: str) -> None:
+    """The arguments ``run`` and ``mine`` share: the job file, overrides and how to run it."""
+    parser.add_argument("config", help=f"YAML job file (e.g. {example})")
+    parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {overrides}")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")
+    parser.add_argument("--until", default=None, help="stop after this stage commits (e.g. extract)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace stages committed with another config (default: refuse and touch nothing)")
+    # SUPPRESS: unless given here, ``matchmill -v run`` keeps the top-level flag's value
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show Ray's own INFO logs too (same as matchmill -v run)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -95,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "mine":
+            return cmd_mine(args)
         if args.command == "status":
             return cmd_status(args)
         if args.command == "show":
@@ -137,12 +148,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"run: {result.run_url}")
     if result.metrics:
         print(format_summary(result.metrics))
+    return _exit_code(result, conf)
+
+
+def _exit_code(result, conf: dict) -> int:
+    """1 when a stage's failed rows exceed ``max_failed_fraction`` (with a line saying where), else 0."""
     fraction, allowed = result.failed_fraction(), float(conf["max_failed_fraction"])
     if fraction > allowed:
         print(f"matchmill: {100 * fraction:.1f}% of a stage's rows failed (max_failed_fraction={allowed:g}); "
               f"see: matchmill show {result.run_url} <stage> --failed", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    """``matchmill mine``: the run graph plus the mine stage (pipeline/graph.py: MINE_GRAPH)."""
+    from matchmill.stages.mine import read_report, summary_line
+
+    from .graph import MINE_GRAPH
+    from .runner import run_pipeline
+
+    conf = load_config(args.config, args.overrides)
+    if conf["pairs"]["strategy"] != "retrieval":
+        raise ConfigError(f"matchmill mine: pairs.strategy is {conf['pairs']['strategy']!r}; mining needs "
+                          "pairs.strategy=retrieval (with pairs.max_shared_points for pairs SfM missed; see configs/mine.yaml)")
+    result = run_pipeline(conf, until=args.until, address=args.address, verbose=args.verbose,
+                          overwrite=args.overwrite, graph=MINE_GRAPH)
+    print(f"run: {result.run_url}")
+    report = read_report(result.run_url)
+    if report is not None and args.until is None:
+        print(summary_line(report))
+        print(f"mined pairs: {result.run_url}/mine  (matchmill train pump ... data.pairs={result.run_url}/mine "
+              f"pump.u_fraction=0.25); report: {result.run_url}/mine/report.md")
+    return _exit_code(result, conf)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

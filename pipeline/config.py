@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .graph import EXECUTION_DEFAULTS, EXECUTION_KEYS, RAY_STAGES, STAGES  # noqa: F401 - re-exported
+from .graph import ALL_STAGES, EXECUTION_DEFAULTS, EXECUTION_KEYS, RAY_STAGES, STAGES  # noqa: F401 - re-exported
 
 #: The job's own keys; each stage's section comes from its spec (pipeline/graph.py).
 JOB_DEFAULTS: dict[str, Any] = {
@@ -31,8 +31,8 @@ JOB_DEFAULTS: dict[str, Any] = {
         "progress_bars": True,  # Ray Data progress bars (when stdout is a terminal)
     },
     "data": {
-        "source": "demo",  # demo | megadepth | hpatches | oxford | pairs_file
-        "root": None,  # dataset root; for demo None = generate into the cache on first use
+        "source": "demo",  # demo | megadepth | hpatches | oxford | pairs_file | folder (every image under root)
+        "root": None,  # dataset root (folder source: the image folder); for demo None = generate into the cache
         "pairs_file": None,  # pairs_file source: SuperGlue-style list
         "images_dir": None,  # pairs_file source: folder the names are relative to
         "sequences": None,  # hpatches source: restrict to these sequence names
@@ -40,6 +40,7 @@ JOB_DEFAULTS: dict[str, Any] = {
         "demo_num_cameras": 14,  # demo scene: number of rendered views
         "demo_width": 320,  # demo scene: image width
         "demo_height": 240,  # demo scene: image height
+        "demo_sfm_groups": 1,  # demo scene: SfM model split into this many camera groups that share no 3D point (mining demo)
     },
 }
 
@@ -56,7 +57,7 @@ class ConfigError(ValueError):
 def default_config() -> dict:
     """Job defaults plus one section per stage that has keys (from the stage specs)."""
     conf = copy.deepcopy(JOB_DEFAULTS)
-    for spec in STAGES:
+    for spec in ALL_STAGES:
         section = spec.default_section()
         if section or spec.kind == "ray":
             conf[spec.name] = section
@@ -208,13 +209,20 @@ def _check_types(conf: dict, defaults: dict, prefix: str) -> None:
 
 
 def _check_values(conf: dict) -> None:
-    sources = ("demo", "megadepth", "hpatches", "oxford", "pairs_file")
+    sources = ("demo", "megadepth", "hpatches", "oxford", "pairs_file", "folder")
     if conf["data"]["source"] not in sources:
         raise ConfigError(f"data.source: {conf['data']['source']!r} is not one of {sources}")
     if conf["data"]["source"] != "demo" and not conf["data"]["root"] and conf["data"]["source"] != "pairs_file":
         raise ConfigError(f"data.root: required for data.source={conf['data']['source']}")
     if conf["data"]["source"] == "pairs_file" and not conf["data"]["pairs_file"]:
         raise ConfigError("data.pairs_file: required for data.source=pairs_file")
+    _check_pairs(conf)
+    from matchmill.stages.mine import check_conf as check_mine
+
+    try:
+        check_mine(conf["mine"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if conf["verify"]["geometry"] not in ("auto", "homography", "fundamental"):
         raise ConfigError(f"verify.geometry: {conf['verify']['geometry']!r} is not auto|homography|fundamental")
     for section in method_sections():
@@ -234,10 +242,31 @@ def _check_values(conf: dict) -> None:
         if sec["num_gpus"] < 0 or sec["num_cpus"] < 0:
             raise ConfigError(f"{section}: num_cpus and num_gpus must be >= 0")
         _check_resources(section, sec["resources"])
+    if not 1 <= conf["data"]["demo_sfm_groups"] <= conf["data"]["demo_num_cameras"]:
+        raise ConfigError(f"data.demo_sfm_groups: must be in [1, demo_num_cameras], got {conf['data']['demo_sfm_groups']}")
     if conf["part_rows"] < 1:
         raise ConfigError(f"part_rows: must be >= 1, got {conf['part_rows']}")
     if "/" in conf["run_name"].strip("/") or not conf["run_name"].strip():
         raise ConfigError(f"run_name: {conf['run_name']!r} must be a single non-empty folder name")
+
+
+def _check_pairs(conf: dict) -> None:
+    """``pairs.strategy`` and its keys, and whether the data source can use the strategy."""
+    from matchmill.datasets.pair_strategies import check_strategy_conf
+
+    try:
+        check_strategy_conf(conf["pairs"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    strategy, source = conf["pairs"]["strategy"], conf["data"]["source"]
+    if source == "folder" and strategy == "covisibility":
+        raise ConfigError("pairs.strategy: covisibility needs an SfM model; data.source=folder takes "
+                          "retrieval | exhaustive | sequential")
+    if strategy != "covisibility" and source not in ("demo", "megadepth", "folder"):
+        raise ConfigError(f"pairs.strategy: {strategy} pairs the images of data.source demo|megadepth|folder; "
+                          f"data.source={source} lists its own pairs")
+    if conf["pairs"]["max_shared_points"] is not None and strategy != "retrieval":
+        raise ConfigError("pairs.max_shared_points: only used by pairs.strategy=retrieval")
 
 
 def _check_resources(section: str, resources: Any) -> None:

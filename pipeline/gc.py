@@ -14,7 +14,7 @@ import posixpath
 from matchmill.manifests.commit import read_commit, read_started, stage_url
 from matchmill.manifests.storage import StorageError, exists, full_url, url_to_fs
 
-from .graph import STAGES
+from .graph import ALL_STAGES
 
 
 def collect_garbage(run_url: str, dry_run: bool = False, partial: bool = False) -> tuple[list[str], int]:
@@ -36,7 +36,7 @@ def collect_garbage(run_url: str, dry_run: bool = False, partial: bool = False) 
         if posixpath.basename(path).startswith(".tmp-"):
             doomed.append(path)
     if partial:
-        for spec in STAGES:
+        for spec in ALL_STAGES:
             if read_commit(run_url, spec.name) is None and read_started(run_url, spec.name) is not None:
                 doomed.append(url_to_fs(stage_url(run_url, spec.name))[1])
     freed = 0

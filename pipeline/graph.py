@@ -105,7 +105,7 @@ def _import(ref: str | Any) -> Any:
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("pairs", "pair_id", None, (), ("seed", "data", "pairs"), "driver",
-              "matchmill.stages.pairs:build", "matchmill.datasets.megadepth:DEFAULT_CONF"),
+              "matchmill.stages.pairs:build", "matchmill.stages.pairs:STAGE_DEFAULTS"),
     StageSpec("images", "image_id", "pairs", ("pairs",), (), "driver",
               "matchmill.stages.images:build"),
     StageSpec("extract", "image_id", "images", ("images",), ("extract", "data.max_image_pixels"), "ray",
@@ -123,6 +123,14 @@ STAGES: tuple[StageSpec, ...] = (
               "matchmill.stages.metrics:build", "matchmill.stages.metrics:STAGE_DEFAULTS"),
 )
 
+#: ``matchmill mine``'s last stage: accepts verified candidates and writes the mined-pairs manifest.
+MINE_STAGE = StageSpec("mine", "pair_id", "verify", ("verify",), ("mine",), "driver",
+                       "matchmill.stages.mine:build", "matchmill.stages.mine:STAGE_DEFAULTS")
+#: The graph ``matchmill mine`` runs: the run graph, then the mine stage.
+MINE_GRAPH: tuple[StageSpec, ...] = STAGES + (MINE_STAGE,)
+#: Every stage a run folder may hold (config sections, status, gc, lookups by name).
+ALL_STAGES: tuple[StageSpec, ...] = MINE_GRAPH
+
 STAGE_NAMES = tuple(s.name for s in STAGES)
 #: Keys that change how a stage runs, never what it computes (left out of the config hash).
 EXECUTION_KEYS = frozenset(EXECUTION_DEFAULTS).union(*(s.execution for s in STAGES))
@@ -130,10 +138,10 @@ RAY_STAGES = tuple(s.name for s in STAGES if s.kind == "ray")
 
 
 def get_stage(name: str) -> StageSpec:
-    for spec in STAGES:
+    for spec in ALL_STAGES:
         if spec.name == name:
             return spec
-    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(s.name for s in ALL_STAGES)}")
 
 
 def section_value(conf: dict, dotted: str):

@@ -46,7 +46,7 @@ from matchmill.manifests.storage import (
 )
 
 from .config import EXECUTION_KEYS, ConfigError, run_url, stage_hash
-from .graph import STAGE_NAMES, STAGES, StageSpec, section_value
+from .graph import ALL_STAGES, STAGES, StageSpec, section_value
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,10 @@ def stage_config(conf: dict, spec: StageSpec) -> list:
     return parts
 
 
-def stage_hashes(conf: dict) -> dict[str, str]:
+def stage_hashes(conf: dict, graph: tuple[StageSpec, ...] = ALL_STAGES) -> dict[str, str]:
     """Config hash of every stage; each includes the hashes of the stages it depends on."""
     hashes: dict[str, str] = {}
-    for spec in STAGES:
+    for spec in graph:
         parts = [spec.name] + stage_config(conf, spec)
         upstream = "|".join(hashes[d] for d in spec.depends)
         hashes[spec.name] = stage_hash(parts, upstream or None)
@@ -199,14 +199,19 @@ def _warn_random_init(conf: dict, states: list[StageState], echo) -> None:
 
 
 def run_pipeline(conf: dict, until: str | None = None, address: str | None = None, echo=print,
-                 overwrite: bool = False, verbose: bool = False) -> RunResult:
-    """Run (or resume) the whole job described by a validated config."""
-    if until is not None and until not in STAGE_NAMES:
-        raise ConfigError(f"--until: unknown stage {until!r}; stages: {', '.join(STAGE_NAMES)}")
+                 overwrite: bool = False, verbose: bool = False,
+                 graph: tuple[StageSpec, ...] = STAGES) -> RunResult:
+    """Run (or resume) the whole job described by a validated config.
+
+    ``graph``: the stages to run, in order (:data:`~matchmill.pipeline.graph.STAGES` for
+    ``matchmill run``, :data:`~matchmill.pipeline.graph.MINE_GRAPH` for ``matchmill mine``)."""
+    names = tuple(s.name for s in graph)
+    if until is not None and until not in names:
+        raise ConfigError(f"--until: unknown stage {until!r}; stages: {', '.join(names)}")
     url = check_storage(conf)
-    hashes = stage_hashes(conf)
-    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
-    specs = list(STAGES[: last + 1])
+    hashes = stage_hashes(conf, graph)
+    last = names.index(until) if until else len(graph) - 1
+    specs = list(graph[: last + 1])
     states = plan_stages(conf, url, hashes, specs, overwrite)
     preflight(conf, states)
     _warn_random_init(conf, states, echo)
@@ -249,9 +254,9 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
             for report in run_ray_group(group, conf, url, echo):
                 _report(result, report, echo)
         pa.default_memory_pool().release_unused()  # hand a stage's transient Arrow buffers back to the OS
-    if until is not None and until != STAGE_NAMES[-1]:
+    if until is not None and until != names[-1]:
         echo(f"stopped after {until} (--until)")
-    if until is None or until == "metrics":
+    if until is None or names.index(until) >= names.index("metrics"):
         from matchmill.stages.metrics import read_summary
 
         result.metrics = read_summary(url)
@@ -327,7 +332,7 @@ def run_seconds(run_url: str) -> float:
     """Wall seconds of a run's committed stages, each execution counted once (the streamed stages
     share one execution and record its time each)."""
     total, seen = 0.0, set()
-    for spec in STAGES:
+    for spec in ALL_STAGES:
         commit = read_commit(run_url, spec.name)
         if commit is None:
             continue

@@ -7,7 +7,7 @@ import pandas as pd
 from matchmill.manifests.commit import part_files, read_commit, read_stage, read_started
 from matchmill.manifests.storage import StorageError, exists
 
-from .graph import STAGES, get_stage
+from .graph import ALL_STAGES, STAGES, get_stage
 
 
 def run_status(run_url: str) -> str:
@@ -18,8 +18,10 @@ def run_status(run_url: str) -> str:
     if is_training_run(run_url):
         return training_status(run_url)
     lines = [f"run: {run_url}", f"{'stage':<9} {'state':<11} {'rows':>7} {'failed':>7} {'time':>8}  hash"]
-    for spec in STAGES:
+    for spec in ALL_STAGES:
         commit = read_commit(run_url, spec.name)
+        if spec not in STAGES and commit is None and read_started(run_url, spec.name) is None:
+            continue  # a stage of another graph (mine) this run never had
         if commit is not None:
             lines.append(
                 f"{spec.name:<9} {'committed':<11} {commit.rows:>7} {commit.failed:>7} "

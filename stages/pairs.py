@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from matchmill.manifests.schemas import PAIRS, STATUS_FAILED, STATUS_OK
@@ -16,6 +17,20 @@ from matchmill.manifests.storage import conform
 log = logging.getLogger(__name__)
 
 _MATRIX_SIZES = {"K0": 9, "K1": 9, "T_0to1": 16, "H_0to1": 9}
+
+
+def _stage_defaults() -> dict:
+    from matchmill.datasets.megadepth import DEFAULT_CONF
+    from matchmill.datasets.pair_strategies import STRATEGY_DEFAULTS
+
+    return {**STRATEGY_DEFAULTS, **DEFAULT_CONF}
+
+
+#: The pairs section: the strategy keys (datasets/pair_strategies.py), then the MegaDepth
+#: covisibility recipe's keys (datasets/megadepth.py), each commented next to its code.
+STAGE_DEFAULTS: dict = _stage_defaults()
+#: Sources whose images a strategy other than covisibility pairs (the others list their pairs).
+IMAGE_SOURCES = ("demo", "megadepth", "folder")
 
 #: Pair dicts converted to Arrow at a time (bounds the driver's Python objects per pair).
 CHUNK_ROWS = 1024
@@ -30,12 +45,16 @@ def demo_root(conf: dict) -> Path:
         return Path(data["root"])
     cache = Path(os.environ.get("MATCHMILL_CACHE", Path.home() / ".cache" / "matchmill"))
     root = cache / f"demo-seed{conf['seed']}-{data['demo_num_cameras']}cams-{data['demo_width']}x{data['demo_height']}"
+    n, groups = int(data["demo_num_cameras"]), int(data.get("demo_sfm_groups", 1))
+    if groups > 1:
+        root = root.with_name(root.name + f"-sfm{groups}")
     ensure_demo_scene(  # a no-op when the same scene (and generator version) is already there
         root,
         seed=conf["seed"],
-        num_cameras=data["demo_num_cameras"],
+        num_cameras=n,
         width=data["demo_width"],
         height=data["demo_height"],
+        sfm_groups=[i * groups // n for i in range(n)] if groups > 1 else None,
     )
     return root
 
@@ -56,7 +75,7 @@ def check_source(conf: dict) -> None:
         if not fs.exists(path):
             raise FileNotFoundError(f"data.{key} {str(value)!r} does not exist (data.source={source})")
 
-    if source in ("megadepth", "hpatches", "oxford") or (source == "demo" and data["root"]):
+    if source in ("megadepth", "hpatches", "oxford", "folder") or (source == "demo" and data["root"]):
         must_exist("root")
     if source == "pairs_file":
         must_exist("pairs_file")
@@ -64,11 +83,14 @@ def check_source(conf: dict) -> None:
             must_exist("images_dir")
 
 
-def source_rows(conf: dict) -> Iterable[dict]:
+def source_rows(conf: dict, run_url: str | None = None) -> Iterable[dict]:
     """Pair dicts (PAIRS field names) from ``data.source`` (pairs files are streamed)."""
     data = conf["data"]
     source = data["source"]
-    pairs_conf = {**conf["pairs"], "seed": conf["pairs"].get("seed", conf["seed"])}
+    if conf["pairs"]["strategy"] != "covisibility":
+        return strategy_rows(conf, run_url)
+    pairs_conf = {k: v for k, v in conf["pairs"].items() if k not in _strategy_keys()}
+    pairs_conf["seed"] = conf["pairs"].get("seed", conf["seed"])
     if source in ("demo", "megadepth"):
         from matchmill.datasets.megadepth import select_megadepth_pairs
 
@@ -96,6 +118,80 @@ def source_rows(conf: dict) -> Iterable[dict]:
     raise ValueError(f"data.source: unknown source {source!r}")
 
 
+def _strategy_keys() -> set[str]:
+    from matchmill.datasets.pair_strategies import STRATEGY_DEFAULTS
+
+    return set(STRATEGY_DEFAULTS)
+
+
+def source_images(conf: dict) -> list:
+    """The images a strategy pairs: every image file of a folder, or the scenes' images (with
+    their SfM models; a scene without one is an error when the SfM rule needs it, unless
+    ``pairs.sfm_fallback``)."""
+    from matchmill.datasets.image_sources import folder_images, list_scene_folders, scene_images
+
+    data, pc = conf["data"], conf["pairs"]
+    if data["source"] == "folder":
+        if pc["max_shared_points"] is not None and not pc["sfm_fallback"]:
+            raise ValueError("pairs.max_shared_points needs a COLMAP model and data.source=folder has none "
+                             "(set pairs.max_shared_points: null, or pairs.sfm_fallback: true for retrieval alone)")
+        return folder_images(data["root"])
+    root = demo_root(conf) if data["source"] == "demo" else Path(data["root"])
+    require = pc["max_shared_points"] is not None and not pc["sfm_fallback"]
+    images = []
+    for scene in list_scene_folders(root, pc):
+        images += scene_images(root, scene, pc, require_model=require)
+    return images
+
+
+def strategy_rows(conf: dict, run_url: str | None = None) -> Iterable[dict]:
+    """Rows of the retrieval / exhaustive / sequential strategies over :func:`source_images`;
+    an image that cannot be read becomes one failed row (key ``<id>|<id>``) and pairs with
+    nothing. Logs one line of counts (images, pairs compared, excluded by the SfM rule, kept)."""
+    from matchmill.datasets.pair_strategies import (
+        exhaustive_pairs,
+        failed_image_row,
+        retrieval_pairs,
+        sequential_pairs,
+        whiten,
+    )
+
+    pc = conf["pairs"]
+    source = conf["data"]["source"]
+    if source not in IMAGE_SOURCES:
+        raise ValueError(f"pairs.strategy={pc['strategy']} pairs the images of data.source "
+                         f"{'|'.join(IMAGE_SOURCES)}; data.source={source} lists its own pairs")
+    images = source_images(conf)
+    if pc["strategy"] == "retrieval":
+        from .global_descriptors import describe_images
+
+        X, errors = describe_images(images, pc["global"], run_url, int(conf["data"]["max_image_pixels"]))
+        ok = [i for i in range(len(images)) if i not in errors]
+        if ok:
+            W = whiten(X[ok], pc["whiten"])
+            X = np.zeros((len(images), W.shape[1]), np.float32)
+            X[ok] = W
+        stats: dict[str, int] = {}
+        usable = [im if i not in errors else _with_error(im, errors[i]) for i, im in enumerate(images)]
+        yield from (failed_image_row(images[i], errors[i]) for i in sorted(errors))
+        yield from retrieval_pairs(usable, X, pc, stats)
+        log.info("pairs (retrieval): %d images (%d unreadable), %d pairs compared, %d linked in SfM excluded, "
+                 "%d candidates", len(images), len(errors), stats["compared"], stats["excluded_sfm"], stats["candidates"])
+        return
+    broken = [(i, im) for i, im in enumerate(images) if im.error is not None]
+    yield from (failed_image_row(im, im.error) for _, im in broken)
+    if pc["strategy"] == "exhaustive":
+        yield from exhaustive_pairs(images, pc["scope"])
+    else:
+        yield from sequential_pairs(images, int(pc["window"]), pc["loop_every"], pc["scope"])
+
+
+def _with_error(im, error: str):
+    from dataclasses import replace
+
+    return replace(im, error=error)
+
+
 def check_row(row: dict) -> str | None:
     """Return an error text when a pair row cannot be used, else None."""
     for key, size in _MATRIX_SIZES.items():
@@ -114,7 +210,7 @@ def check_row(row: dict) -> str | None:
 
 def build(conf: dict, run_url: str | None = None) -> Iterator[pa.Table]:
     """The pairs stage: PAIRS tables streamed from ``data.source`` (see :func:`iter_pair_tables`)."""
-    return iter_pair_tables(conf)
+    return iter_pair_tables(conf, run_url=run_url)
 
 
 def build_pairs(conf: dict) -> pa.Table:
@@ -122,13 +218,13 @@ def build_pairs(conf: dict) -> pa.Table:
     return pa.concat_tables(list(iter_pair_tables(conf)))
 
 
-def iter_pair_tables(conf: dict, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+def iter_pair_tables(conf: dict, chunk_rows: int = CHUNK_ROWS, run_url: str | None = None) -> Iterator[pa.Table]:
     """:func:`build_pairs` as PAIRS tables of at most ``chunk_rows`` rows (at least one table).
 
     The driver holds one chunk of pair dicts at a time plus the set of pair ids seen (for
     de-duplication), so its memory hardly grows with the length of a streamed pairs file."""
     rows, seen, emitted = [], set(), False
-    for row in source_rows(conf):
+    for row in source_rows(conf, run_url):
         if row["pair_id"] in seen:
             log.warning("duplicate pair %s dropped", row["pair_id"])
             continue

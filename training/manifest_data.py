@@ -56,6 +56,15 @@ class ManifestSummary:
     ok_rows: int  # rows with status "ok"
     pose_rows: int  # ok pairs rows with K0, K1 and T_0to1 (0 for images manifests)
     scenes: int = 0  # distinct scene names among the ok rows
+    mined: bool = False  # a mined-pairs manifest (matchmill mine): pairs without ground truth
+
+    def no_pose_reason(self) -> str:
+        """Why the manifest has no pose ground truth, for the error of a task that needs it."""
+        if self.mined:
+            return (f"{self.url} is a mined-pairs manifest (matchmill mine): mined pairs are pairs the SfM "
+                    "model did not connect and carry no ground truth (K0, K1, T_0to1); use them as PUMP's "
+                    "unsupervised data (matchmill train pump, pump.u_fraction > 0)")
+        return f"{self.url} has no pairs with pose ground truth (K0, K1, T_0to1)"
 
 
 def _schema_kind(url: str) -> str:
@@ -111,9 +120,12 @@ def locate_manifest(url: str, want: tuple[str, ...], where: str) -> tuple[str, t
         if kind not in want:
             raise ConfigError(f"{where}: {url} holds a {kind} manifest, expected {' or '.join(want)}")
         return kind, tuple(parts)
-    for kind in want:  # a run URL: its stage folder
-        sub = url.rstrip("/") + "/" + kind
-        if fs.exists(posixpath.join(path, kind)):
+    for kind in want:  # a run URL: its stage folder (a mine run's pairs are its mined pairs, not its candidates)
+        folders = ("mine", kind) if kind == "pairs" else (kind,)
+        for folder in folders:
+            sub = url.rstrip("/") + "/" + folder
+            if not fs.exists(posixpath.join(path, folder)):
+                continue
             files = tuple(list_files(sub))
             if files:
                 return kind, files
@@ -151,7 +163,16 @@ def inspect_manifest(url: str, want: tuple[str, ...], where: str, images_dir: st
         rows = table.select(["K0", "K1", "T_0to1"]).to_pylist()
         pose = sum(1 for row, good in zip(rows, ok) if good and has_pose_gt(row))
     scenes = len({sc for sc, good in zip(table.column("scene").to_pylist(), ok) if good})
-    return ManifestSummary(url, kind, files, len(status), sum(ok), pose, scenes)
+    mined = bool(files) and files[0].endswith(".parquet") and "chain_hash" in _column_names(files[0])
+    return ManifestSummary(url, kind, files, len(status), sum(ok), pose, scenes, mined)
+
+
+def _column_names(url: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    fs, path = url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow.names
 
 
 def read_pair_rows(url: str, where: str, images_dir: str | None = None) -> list[dict[str, Any]]:

@@ -66,8 +66,7 @@ def check_conf(conf: dict) -> None:
     if src.ok_rows < 2:
         raise ConfigError(f"data.pairs: {src.url} has {src.ok_rows} usable pairs; NCNet needs >= 2 (a negative is another pair)")
     if src.pose_rows == 0:
-        raise ConfigError(f"data.pairs: {src.url} has no pairs with pose ground truth (K0, K1, T_0to1); "
-                          "NCNet's validation (pose AUC) needs some")
+        raise ConfigError(f"data.pairs: {src.no_pose_reason()}; NCNet's validation (pose AUC) needs some")
     if src.scenes < 2:
         log.warning("ncnet: %s holds one scene, so a negative pair (another pair's image) may overlap its "
                     "positive; several scenes make the weak supervision sharper", src.url)

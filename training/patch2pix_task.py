@@ -62,8 +62,8 @@ def check_conf(conf: dict) -> None:
         raise ConfigError(f"data.pairs: {src.url} has no usable pairs ({src.rows} rows, none with status ok)")
     if src.pose_rows == 0:
         raise ConfigError(
-            f"data.pairs: {src.url} has no pairs with pose ground truth (K0, K1, T_0to1); Patch2Pix is "
-            "supervised by the epipolar geometry of each pair (a mined or unposed list cannot train it)"
+            f"data.pairs: {src.no_pose_reason()}; Patch2Pix is supervised by the epipolar geometry "
+            "of each pair (a mined or unposed list cannot train it)"
         )
     if c["ncnet_weights"]:
         from .checkpoints import weights_file

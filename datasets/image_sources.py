@@ -1,0 +1,133 @@
+"""The images a pair strategy chooses from: the registered images of MegaDepth-layout scenes, or
+every image file of a plain folder.
+
+A :class:`SourceImage` carries what the strategies need and nothing else: its id and path, its
+intrinsics and pose when an SfM model knows them, and the ids of the 3D points it observes (for
+the "share fewer than N SfM points" rule of mining). An image whose file is missing keeps its
+place with ``error`` set, so the pair stage can report it as a failed row instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: File name endings listed by the folder source (lower case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One image a pair strategy may use.
+
+    Attributes:
+        image_id: stable key (``<scene>/<name>`` for scenes, the relative path for folders).
+        scene: scene name; images of one scene share an SfM model (None for a flat folder).
+        path: absolute path of the file.
+        K: (3, 3) OpenCV-convention intrinsics, None when unknown.
+        cam_from_world: (4, 4) pose in the scene model's frame, None when unknown.
+        crop: ``[w, h]`` region kept (MegaDepth recipe), None = whole image.
+        point_ids: (P,) int64 sorted ids of the observed 3D points, None without an SfM model.
+        error: why the image cannot be used (missing file), None when it can.
+    """
+
+    image_id: str
+    scene: str | None
+    path: str
+    K: np.ndarray | None = None
+    cam_from_world: np.ndarray | None = None
+    crop: list[int] | None = None
+    point_ids: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def has_model(self) -> bool:
+        return self.point_ids is not None
+
+
+def folder_images(root: str | os.PathLike) -> list[SourceImage]:
+    """Every image file under ``root`` (recursively, sorted, hidden entries skipped).
+
+    ``image_id`` is the path relative to ``root`` with ``/`` separators; ``scene`` is its first
+    folder (None for files directly in ``root``).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root {str(root)!r} is not a folder (data.source=folder)")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            rel = Path(dirpath, name).relative_to(root).as_posix()
+            scene = rel.split("/", 1)[0] if "/" in rel else None
+            out.append(SourceImage(rel, scene, os.path.abspath(Path(dirpath, name))))
+    out.sort(key=lambda im: im.image_id)
+    return out
+
+
+def scene_images(root: str | os.PathLike, scene: str, conf: dict, require_model: bool) -> list[SourceImage]:
+    """The images of one MegaDepth-layout scene ``<root>/<scene>/{images, sparse}``.
+
+    With a COLMAP model: its registered images (K, pose, observed point ids, the MegaDepth crop);
+    a registered image whose file is missing gets ``error``. Without one: ``require_model``
+    raises, else the files of ``<scene>/<images_dir>`` without K, pose or points.
+
+    Args:
+        conf: the pairs section (``images_dir``, ``sparse_dir``, ``crop_aspect``).
+
+    Raises:
+        ValueError: no model and ``require_model``, or an unreadable model (naming the folder).
+    """
+    from .colmap_scene import has_colmap_model, read_colmap_scene
+    from .megadepth import crop_to_aspect
+
+    scene_dir = Path(root) / scene
+    images_dir = scene_dir / conf["images_dir"]
+    sparse = scene_dir / conf["sparse_dir"]
+    if not has_colmap_model(sparse):
+        if require_model:
+            raise ValueError(
+                f"scene {scene!r}: no COLMAP model in {sparse}; pairs.max_shared_points needs one "
+                "(set pairs.sfm_fallback: true to use retrieval alone for such scenes)")
+        return [SourceImage(f"{scene}/{im.image_id}", scene, im.path) for im in folder_images(images_dir)]
+    model = read_colmap_scene(sparse)
+    out = []
+    for im in model.images:
+        path = os.path.abspath(images_dir / im.name)
+        error = None if os.path.isfile(path) else f"pairs: {path}: file not found (registered in {sparse})"
+        out.append(SourceImage(
+            f"{scene}/{im.name}", scene, path, K=im.K, cam_from_world=im.cam_from_world,
+            crop=list(crop_to_aspect(im.width, im.height, conf["crop_aspect"])),
+            point_ids=im.point3D_ids, error=error))
+    return out
+
+
+def list_scene_folders(root: str | os.PathLike, conf: dict) -> list[str]:
+    """Scene names under ``root``: ``conf["scenes"]``, else every subfolder with an images folder
+    or a COLMAP model (sorted), minus ``conf["exclude_scenes"]``."""
+    from .colmap_scene import has_colmap_model
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root {str(root)!r} is not a folder")
+    excluded = set(conf["exclude_scenes"] or [])
+    if conf["scenes"] is not None:
+        names = list(conf["scenes"])
+        for name in names:
+            if not (root / name).is_dir():
+                raise ValueError(f"pairs.scenes: scene {name!r} is not a folder under {root}")
+    else:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (
+            (p / conf["images_dir"]).is_dir() or has_colmap_model(p / conf["sparse_dir"])))
+    names = [n for n in names if n not in excluded]
+    if not names:
+        raise ValueError(f"no scene folder (with <scene>/{conf['images_dir']} or a COLMAP model) under {root}")
+    return names
