@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         scores.append(s)
         print(f"{tau:<5} {s['positives']:>9}  {s['candidates']:>6} ({s['candidate_positives']:>4})   {s['accepted']:>8}  "
               f"{s['precision']:>9.3f}  {s['recall']:>6.3f}  {s['candidate_recall']:>11.3f}  {s['false_positives']}")
+    s = scores[0]
+    print(f"\nretrieval: {s['same_scene_candidates']} of {s['candidates']} candidates pair images of one scene; their mean "
+          f"overlap {s['candidate_overlap']:.3f} against {s['allowed_overlap']:.3f} for all pairs the SfM rule allows "
+          "(= picking at random)")
     growth = candidate_growth(conf, scenes, result.run_url)
     print("\nimages  candidates  N(N-1)/2   candidates/N")
     for g in growth:

@@ -106,11 +106,35 @@ def all_positives(truth: dict[str, SceneTruth], tau: float) -> set[str]:
     return out
 
 
+def pair_overlap(pair_id: str, truth: dict[str, SceneTruth]) -> float | None:
+    """Ground-truth overlap of a pair of one scene (None across scenes)."""
+    a, b = pair_id.split("|")
+    (sa, na), (sb, nb) = a.split("/", 1), b.split("/", 1)
+    if sa != sb:
+        return None
+    t = truth[sa]
+    return float(t.overlap[t.index[na], t.index[nb]])
+
+
+def allowed_mean_overlap(truth: dict[str, SceneTruth]) -> float:
+    """Mean overlap of every same-scene pair sharing no SfM point: what picking candidates at
+    random among the pairs the rule allows would give (the baseline retrieval must beat)."""
+    values = []
+    for t in truth.values():
+        iu = np.triu_indices(len(t.names), 1)
+        values.append(t.overlap[iu][t.shared[iu] == 0])
+    values = np.concatenate(values) if values else np.zeros(0)
+    return float(values.mean()) if len(values) else float("nan")
+
+
 def score_mining(candidates: Iterable[str], accepted: Iterable[str], truth: dict[str, SceneTruth],
                  tau: float) -> dict[str, Any]:
-    """Precision / recall of the accepted pairs and the retrieval bound (see module docstring)."""
+    """Precision / recall of the accepted pairs and the retrieval bound (see module docstring);
+    ``candidate_overlap`` (mean overlap of the same-scene candidates) against
+    ``allowed_overlap`` (:func:`allowed_mean_overlap`) says what retrieval's ranking adds."""
     positives = all_positives(truth, tau)
     cand = set(candidates)
+    same = [v for v in (pair_overlap(p, truth) for p in cand) if v is not None]
     acc = set(accepted)
     kinds = Counter(classify(p, truth, tau) for p in acc)
     tp = kinds["positive"]
@@ -125,4 +149,7 @@ def score_mining(candidates: Iterable[str], accepted: Iterable[str], truth: dict
         "recall": tp / len(positives) if positives else float("nan"),
         "candidate_recall": len(cand & positives) / len(positives) if positives else float("nan"),
         "false_positives": {k: v for k, v in sorted(kinds.items()) if k != "positive"},
+        "same_scene_candidates": len(same),
+        "candidate_overlap": float(np.mean(same)) if same else float("nan"),
+        "allowed_overlap": allowed_mean_overlap(truth),
     }
