@@ -49,26 +49,28 @@ class SourceImage:
 
 
 def folder_images(root: str | os.PathLike) -> list[SourceImage]:
-    """Every image file under ``root`` (recursively, sorted, hidden entries skipped).
+    """Every image file under ``root`` (a local folder or any fsspec URL; recursive, sorted,
+    hidden entries skipped).
 
     ``image_id`` is the path relative to ``root`` with ``/`` separators; ``scene`` is its first
-    folder (None for files directly in ``root``).
+    folder (None for files directly in ``root``); ``path`` is absolute (or the file's URL).
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.root {str(root)!r} is not a folder (data.source=folder)")
+    from matchmill.manifests.storage import full_url, is_local, url_to_fs
+
+    fs, base = url_to_fs(os.fspath(root))
+    if not fs.isdir(base):
+        raise FileNotFoundError(f"data.root {os.fspath(root)!r} is not a folder (data.source=folder)")
+    base = base.rstrip("/")
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            rel = Path(dirpath, name).relative_to(root).as_posix()
-            scene = rel.split("/", 1)[0] if "/" in rel else None
-            out.append(SourceImage(rel, scene, os.path.abspath(Path(dirpath, name))))
+    for path in fs.find(base):
+        rel = path[len(base):].lstrip("/")
+        if any(part.startswith(".") for part in rel.split("/")) or not rel.lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        scene = rel.split("/", 1)[0] if "/" in rel else None
+        out.append(SourceImage(rel, scene, os.path.abspath(path) if is_local(fs) else full_url(fs, path)))
     out.sort(key=lambda im: im.image_id)
     return out
 

@@ -143,3 +143,19 @@ def test_folder_source_lists_images_recursively(tmp_path):
 def test_strategy_config_errors_name_the_key(user, message):
     with pytest.raises(ConfigError, match=message):
         resolve(user)
+
+
+def test_folder_source_lists_any_fsspec_folder():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for name in ("imgs/a/x.jpg", "imgs/z.png", "imgs/.cache/y.jpg"):
+        fs.pipe(f"/{name}", b"x")
+    try:
+        ims = folder_images("memory://imgs")
+        assert [im.image_id for im in ims] == ["a/x.jpg", "z.png"]
+        assert ims[0].path.startswith("memory://") and ims[0].scene == "a"
+        with fsspec.open(ims[0].path, "rb") as f:  # the path reads back the file
+            assert f.read() == b"x"
+    finally:
+        fs.rm("/imgs", recursive=True)
