@@ -201,8 +201,12 @@ def draw_accepted(run_url: str, chosen: list[tuple[int, str, dict]]) -> list[dic
     """Draw the ``chosen`` (inliers, pair_id, verify row) pairs' matches (inliers green) into
     ``<run>/mine/drawings``."""
     from matchmill.datasets.image_io import load_image
+    from matchmill.manifests.storage import exists, remove_tree
     from matchmill.viz.draw import draw_matches
 
+    folder = run_url.rstrip("/") + "/mine/drawings"
+    if exists(folder):
+        remove_tree(folder)  # a rerun's drawings replace the previous run's, none is left stale
     out = []
     for k, (inliers, pair_id, row) in enumerate(chosen):
         url = run_url.rstrip("/") + f"/mine/drawings/{k:02d}.png"
