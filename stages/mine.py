@@ -192,8 +192,13 @@ def summary_line(report: dict[str, Any]) -> str:
     if report["failed_upstream"]:
         line += f"; {report['failed_upstream']} rows failed upstream (matchmill show RUN verify --failed)"
     if report["candidates"] == 0:
-        line += "; no candidates: every pair is linked in the SfM model or no image could be read" \
-            if report["candidate_rule"]["max_shared_points"] is not None else "; no candidates"
+        rule = report["candidate_rule"]["max_shared_points"]
+        if report["failed_upstream"]:
+            line += "; no candidates among the images that could be read"
+        elif rule is not None:
+            line += f"; no candidates: every pair of images shares >= {rule} SfM point(s) (pairs.max_shared_points)"
+        else:
+            line += "; no candidates: fewer than two images per scope"
     return line
 
 

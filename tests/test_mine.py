@@ -207,3 +207,12 @@ def test_run_pairs_any_image_folder_by_retrieval(tmp_path, ray_local, family):
     assert {v["pair_id"] for v in verified} == {p["pair_id"] for p in pairs}
     assert all(v["status"] == "ok" for v in verified)
     assert np.median([v["num_inliers"] for v in verified]) > 30  # retrieval found pairs that match
+
+
+def test_summary_line_says_why_nothing_was_mined():
+    base = {"accepted": 0, "candidates": 0, "rejected": {}, "failed_upstream": 0,
+            "candidate_rule": {"max_shared_points": 1}}
+    assert "every pair of images shares >= 1 SfM point(s)" in summary_line(base)
+    assert "among the images that could be read" in summary_line({**base, "failed_upstream": 3})
+    line = summary_line({**base, "candidates": 9, "rejected": {"too few inliers": 7, "low spread": 2}})
+    assert line == "mine: 0 of 9 candidates accepted (rejected: 7 too few inliers, 2 low spread)"
