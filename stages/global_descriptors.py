@@ -1,10 +1,17 @@
-"""Global descriptors of a run's images, for the retrieval pair strategy (pairs stage, driver side).
+"""Global descriptors of a run's images, for the retrieval pair strategy (called by the pairs stage).
 
 The pairs stage needs them before any pair exists (extraction runs per image of the pairs
-manifest), so they are computed here, once per image, in the driver process with the CPU-sized
-PUMP net (about 0.1 s per 320 px image on one core). They are kept under
-``<run>/_retrieval/<key>.npz`` (``key``: the descriptor config and the image list), so a rerun
-that only changes ``per_image`` or the mining rule does not read the images again.
+manifest), so they are computed here, once per image, with the CPU-sized PUMP net (about 0.1 s
+per 320 px image on one core):
+
+- when Ray is running (a run whose later stages need it starts Ray before the pairs stage) and
+  there are at least :data:`RAY_MIN_IMAGES` images, as a Ray Data ``map_batches`` over an actor
+  pool sized and placed by the **extract** section's execution keys (``actors``, ``num_cpus``,
+  ``num_gpus``, ``resources``): the same workers that extract next;
+- otherwise in the driver process.
+
+They are kept under ``<run>/_retrieval/<key>.npz`` (``key``: the descriptor config and the image
+list), so a rerun that only changes ``per_image`` or the mining rule does not read the images again.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from matchmill.datasets.image_sources import SourceImage
 
 log = logging.getLogger(__name__)
 
+#: Fewer images than this are described in the driver (starting actors would cost more).
+RAY_MIN_IMAGES = 64
+
 
 def cache_key(images: Sequence[SourceImage], gconf: dict) -> str:
     """Hash of the descriptor config and of each image's id, path and file size."""
@@ -36,41 +46,116 @@ def cache_key(images: Sequence[SourceImage], gconf: dict) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
+class Describer:
+    """Image paths -> descriptors, one model per instance (a Ray Data actor or the driver's)."""
+
+    def __init__(self, gconf: dict, max_pixels: int, num_cpus: float, num_gpus: float = 0.0) -> None:
+        from matchmill.models.device import choose_device
+        from matchmill.models.global_descriptor import GlobalDescriptor
+        from matchmill.stages.threads import limit_threads, limit_torch_threads
+
+        limit_threads(num_cpus)
+        device = choose_device(want_gpu=float(num_gpus) > 0, what=f"extract.num_gpus={num_gpus:g}")
+        self.model = GlobalDescriptor(gconf, device=device)
+        limit_torch_threads(num_cpus)
+        self.max_pixels = int(max_pixels)
+
+    def describe(self, path: str) -> tuple[np.ndarray | None, str | None]:
+        """``(descriptor, None)`` or ``(None, error text)`` for one image."""
+        from matchmill.datasets.image_io import ImageError, load_image
+
+        try:
+            return self.model(load_image(path, self.max_pixels)), None
+        except ImageError as exc:
+            return None, f"pairs: {exc}"
+
+    def __call__(self, batch):
+        """Ray Data batch (pyarrow: ``index``, ``path``) -> ``index``, ``desc`` (list<float32>), ``error``."""
+        import pyarrow as pa
+
+        descs, errors = [], []
+        for path in batch.column("path").to_pylist():
+            d, e = self.describe(path)
+            descs.append(None if d is None else d.tolist())
+            errors.append(e)
+        return pa.table({"index": batch.column("index"), "desc": pa.array(descs, pa.list_(pa.float32())),
+                         "error": pa.array(errors, pa.string())})
+
+
 def describe_images(images: Sequence[SourceImage], gconf: dict | None, run_url: str | None,
-                    max_pixels: int) -> tuple[np.ndarray, dict[int, str]]:
+                    max_pixels: int, execution: dict | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """Descriptors of ``images`` (those without ``error``).
+
+    Args:
+        execution: the extract section (``actors``, ``num_cpus``, ``num_gpus``, ``resources``,
+            ``batch_size``) for the Ray path; None = the driver.
 
     Returns:
         ``(X, errors)``: X (N, D) float32 unit rows (zeros for images that failed) and
         ``{index: error text}`` of the images that could not be read.
     """
-    from matchmill.datasets.image_io import ImageError, load_image
-    from matchmill.models.global_descriptor import DEFAULT_CONF, GlobalDescriptor
-    from matchmill.stages.threads import limit_threads
+    from matchmill.models.global_descriptor import DEFAULT_CONF
 
     conf = {**DEFAULT_CONF, **(gconf or {})}
     key = cache_key(images, conf)
     cached = _read_cache(run_url, key, len(images))
     if cached is not None:
         return cached
-    limit_threads(max(1, os.cpu_count() or 1))
-    model = GlobalDescriptor(conf)
-    rows: list[np.ndarray | None] = []
-    errors: dict[int, str] = {}
-    for i, im in enumerate(images):
-        if im.error is not None:
-            errors[i] = im.error
-            rows.append(None)
-            continue
-        try:
-            rows.append(model(load_image(im.path, max_pixels)))
-        except ImageError as exc:
-            errors[i] = f"pairs: {exc}"
-            rows.append(None)
-    dim = next((len(r) for r in rows if r is not None), 1)
-    X = np.stack([r if r is not None else np.zeros(dim, np.float32) for r in rows]) if rows else np.zeros((0, dim), np.float32)
+    todo = [i for i, im in enumerate(images) if im.error is None]
+    errors: dict[int, str] = {i: im.error for i, im in enumerate(images) if im.error is not None}
+    if execution is not None and len(todo) >= RAY_MIN_IMAGES and _ray_running():
+        found = _describe_on_ray(images, todo, conf, max_pixels, execution)
+    else:
+        describer = Describer(conf, max_pixels, num_cpus=max(1, os.cpu_count() or 1))
+        found = {i: describer.describe(images[i].path) for i in todo}
+    rows: dict[int, np.ndarray] = {}
+    for i, (d, e) in found.items():
+        if d is None:
+            errors[i] = e
+        else:
+            rows[i] = d
+    dim = len(next(iter(rows.values()))) if rows else 1
+    X = np.zeros((len(images), dim), np.float32)
+    for i, d in rows.items():
+        X[i] = d
     _write_cache(run_url, key, X, errors)
     return X, errors
+
+
+def _ray_running() -> bool:
+    import sys
+
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def _describe_on_ray(images: Sequence[SourceImage], todo: list[int], conf: dict, max_pixels: int,
+                     execution: dict) -> dict[int, tuple[np.ndarray | None, str | None]]:
+    """:class:`Describer` as a Ray Data actor pool with the extract section's resources."""
+    import ray
+
+    num_gpus = float(execution.get("num_gpus") or 0.0)
+    num_cpus = float(execution.get("num_cpus") or 1.0)
+    custom = {"resources": dict(execution["resources"])} if execution.get("resources") else {}
+    # blocks made on the driver (no read or repartition task: those would wait for CPUs the pool holds)
+    items = [{"index": i, "path": images[i].path} for i in todo]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(todo) // 8, 64)))
+    ds = ds.map_batches(
+        Describer,
+        fn_constructor_kwargs={"gconf": conf, "max_pixels": max_pixels, "num_cpus": num_cpus, "num_gpus": num_gpus},
+        batch_size=int(execution.get("batch_size") or 4),
+        compute=ray.data.ActorPoolStrategy(size=int(execution.get("actors") or 1)),
+        num_cpus=num_cpus,
+        num_gpus=num_gpus or None,  # None, not 0: ray#45201
+        batch_format="pyarrow",
+        **custom,
+    )
+    out: dict[int, tuple[np.ndarray | None, str | None]] = {}
+    for row in ds.take_all():
+        d = row["desc"]
+        out[int(row["index"])] = (None if d is None else np.asarray(d, np.float32), row["error"])
+    log.info("global descriptors of %d images computed on Ray (%d actors)", len(todo), int(execution.get("actors") or 1))
+    return out
 
 
 def _cache_url(run_url: str, key: str) -> str:

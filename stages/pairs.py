@@ -165,7 +165,8 @@ def strategy_rows(conf: dict, run_url: str | None = None) -> Iterable[dict]:
     if pc["strategy"] == "retrieval":
         from .global_descriptors import describe_images
 
-        X, errors = describe_images(images, pc["global"], run_url, int(conf["data"]["max_image_pixels"]))
+        X, errors = describe_images(images, pc["global"], run_url, int(conf["data"]["max_image_pixels"]),
+                                    execution=conf["extract"])
         ok = [i for i in range(len(images)) if i not in errors]
         if ok:
             W = whiten(X[ok], pc["whiten"])

@@ -216,3 +216,24 @@ def test_summary_line_says_why_nothing_was_mined():
     assert "among the images that could be read" in summary_line({**base, "failed_upstream": 3})
     line = summary_line({**base, "candidates": 9, "rejected": {"too few inliers": 7, "low spread": 2}})
     assert line == "mine: 0 of 9 candidates accepted (rejected: 7 too few inliers, 2 low spread)"
+
+
+def test_global_descriptors_on_ray_equal_the_driver_ones(tmp_path, ray_local, family):
+    """The Ray path (an actor pool with extract's resources) computes the same descriptors as the
+    driver, and a broken image is reported the same way by both."""
+    from matchmill.stages import global_descriptors as gd
+    from matchmill.stages.pairs import source_images
+
+    root = tmp_path / "scenes"
+    shutil.copytree(family, root)
+    (root / "mine-s1000" / "images" / "demo_004.jpg").write_bytes(b"broken")
+    conf = mine_conf(tmp_path / "runs", root)
+    images = source_images(conf) * 7  # 70 rows: above RAY_MIN_IMAGES
+    assert len(images) >= gd.RAY_MIN_IMAGES
+    execution = {**conf["extract"], "actors": 2, "num_cpus": 1.0}  # the pool holds every CPU of the test Ray
+    X_ray, err_ray = gd.describe_images(images, None, None, 10**8, execution=execution)
+    X_drv, err_drv = gd.describe_images(images, None, None, 10**8, execution=None)
+    assert set(err_ray) == set(err_drv) == {i for i, im in enumerate(images) if im.image_id.endswith("demo_004.jpg")}
+    ok = [i for i in range(len(images)) if i not in err_ray]
+    np.testing.assert_allclose(X_ray[ok], X_drv[ok], atol=1e-4)
+    assert np.allclose(np.linalg.norm(X_ray[ok], axis=1), 1.0, atol=1e-4)
