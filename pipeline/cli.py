@@ -53,9 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.add_argument("--partial", action="store_true", help="also remove uncommitted (partial) stages")
 
-    export = sub.add_parser("export", help="write a run's verified matches as hloc keypoints.h5 / matches.h5")
+    export = sub.add_parser("export", help="write a run's verified matches as hloc keypoints.h5 / matches.h5, "
+                                           "or a COLMAP database (--format colmap)")
     export.add_argument("run_url")
     export.add_argument("out", help="output folder (any fsspec URL)")
+    export.add_argument("--format", choices=("hloc", "colmap"), default="hloc",
+                        help="hloc: keypoints.h5 + matches.h5; colmap: database.db for COLMAP's mapper")
+    export.add_argument("--image-root", default=None,
+                        help="colmap: folder the database's image names are relative to (default: the deepest "
+                             "folder holding every image)")
     export.add_argument("--stage", default="verify", help="stage to export (default: verify)")
     export.add_argument("--all-matches", action="store_true", help="keep RANSAC outliers too")
     export.add_argument("--no-quantize", action="store_true", help="do not merge keypoints across pairs")
@@ -210,6 +216,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_hloc
+
+    if args.format == "colmap":
+        from .export_colmap import export_colmap
+
+        summary = export_colmap(args.run_url, args.out, image_root=args.image_root, stage=args.stage,
+                                radius=args.radius, cell=args.cell, min_score=args.min_score)
+        print(" ".join(f"{k}={v}" for k, v in summary.items()))
+        return 0
 
     summary = export_hloc(
         args.run_url,

@@ -152,7 +152,7 @@ def export_hloc(
         raise ExportError(f"radius must be a positive number of pixels, got {radius}")
     cell = max(float(cell), float(radius))
 
-    pairs, skipped_failed = _load_pairs(run_url, stage, inliers_only, float(min_score))
+    pairs, skipped_failed = load_pairs(run_url, stage, inliers_only, float(min_score))
     if quantize:
         keypoints, ids, scores = quantize_matches(
             [(p.image0, p.image1, p.matches, p.scores) for p in pairs],
@@ -187,7 +187,7 @@ def export_hloc(
     }
 
 
-def _load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) -> tuple[list[_Pair], int]:
+def load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) -> tuple[list[_Pair], int]:
     """Read the needed columns of a committed stage; filter matches; skip failed rows."""
     try:
         spec = get_stage(stage)

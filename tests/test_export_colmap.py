@@ -1,0 +1,68 @@
+"""``matchmill export RUN OUT --format colmap``: a COLMAP database that pycolmap's incremental
+mapper reconstructs as it is (demo run -> export -> reconstruction)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matchmill.pipeline.config import load_config
+from matchmill.pipeline.export import ExportError
+from matchmill.pipeline.export_colmap import _colmap_F, export_colmap, image_names
+from matchmill.pipeline.runner import run_pipeline
+
+from .conftest import DEMO_CONFIG
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, ray_local, demo_root) -> str:
+    storage = tmp_path_factory.mktemp("colmap_runs")
+    conf = load_config(DEMO_CONFIG, [f"storage=file://{storage}", f"data.root={demo_root}",
+                                     "pairs.max_pairs_per_scene=200"])
+    return run_pipeline(conf, echo=lambda _: None).run_url
+
+
+def test_colmap_database_reconstructs_the_demo(demo_run, tmp_path, capsys):
+    import pycolmap
+
+    from matchmill.pipeline.cli import main
+
+    assert main(["export", demo_run, str(tmp_path / "colmap"), "--format", "colmap"]) == 0
+    line = capsys.readouterr().out
+    summary = dict(kv.split("=", 1) for kv in line.split())
+    db = pycolmap.Database.open(summary["database"])
+    try:
+        assert db.num_images() == 14 and db.num_verified_image_pairs() == int(summary["pairs"]) > 20
+        cameras = db.read_all_cameras()
+        assert all(c.model.name == "PINHOLE" for c in cameras)  # the run's K, not a guess
+    finally:
+        db.close()
+    (tmp_path / "sparse").mkdir()
+    recs = pycolmap.incremental_mapping(summary["database"], summary["image_root"], str(tmp_path / "sparse"))
+    best = max(recs.values(), key=lambda r: r.num_reg_images())
+    assert best.num_reg_images() >= 12
+    assert best.compute_mean_reprojection_error() < 1.5
+
+
+def test_image_names_are_relative_to_the_root(tmp_path):
+    root, names = image_names({"s/a.jpg": str(tmp_path / "s" / "a.jpg"), "s/b.jpg": f"file://{tmp_path}/s/b.jpg"}, None)
+    assert root == str(tmp_path / "s") and names == {"s/a.jpg": "a.jpg", "s/b.jpg": "b.jpg"}
+    _, names = image_names({"s/a.jpg": str(tmp_path / "s" / "a.jpg")}, str(tmp_path))
+    assert names == {"s/a.jpg": "s/a.jpg"}
+    with pytest.raises(ExportError, match="not under the image root"):
+        image_names({"x": "/elsewhere/x.jpg"}, str(tmp_path))
+
+
+def test_fundamental_matrix_moves_to_colmap_pixels():
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(3, 3))
+    x0, x1 = np.array([10.0, 20.0, 1.0]), np.array([30.0, 5.0, 1.0])
+    shift = np.array([0.5, 0.5, 0.0])
+    assert (x1 + shift) @ _colmap_F(F) @ (x0 + shift) == pytest.approx(x1 @ F @ x0)
+
+
+def test_colmap_export_needs_verify(demo_run, tmp_path):
+    with pytest.raises(ExportError, match="--stage verify"):
+        export_colmap(demo_run, str(tmp_path), stage="refine")
