@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("hloc", "colmap"), default="hloc",
                         help="hloc: keypoints.h5 + matches.h5; colmap: database.db for COLMAP's mapper")
     export.add_argument("--image-root", default=None,
-                        help="colmap: folder the database's image names are relative to (default: the deepest "
-                             "folder holding every image)")
+                        help="name images by their path relative to this folder (hloc default: the run's image "
+                             "ids; colmap default: the deepest folder holding every image)")
     export.add_argument("--stage", default="verify", help="stage to export (default: verify)")
     export.add_argument("--all-matches", action="store_true", help="keep RANSAC outliers too")
     export.add_argument("--no-quantize", action="store_true", help="do not merge keypoints across pairs")
@@ -235,6 +235,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         cell=args.cell,
         min_score=args.min_score,
         coordinates=args.coordinates,
+        image_root=args.image_root,
     )
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0

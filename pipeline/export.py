@@ -76,6 +76,7 @@ __all__ = ["ExportError", "export_hloc", "names_to_pair", "KEYPOINTS_FILE", "MAT
 
 KEYPOINTS_FILE = "keypoints.h5"
 MATCHES_FILE = "matches.h5"
+PAIRS_FILE = "pairs.txt"
 
 #: ``coordinates`` value -> (offset added to manifest pixels, attribute text).
 PIXEL_CONVENTIONS: dict[str, tuple[float, str]] = {
@@ -118,8 +119,10 @@ def export_hloc(
     min_score: float = 0.0,
     *,
     coordinates: str = "hloc",
+    image_root: str | None = None,
 ) -> dict:
-    """Write ``<out>/keypoints.h5`` and ``<out>/matches.h5`` from a committed stage of a run.
+    """Write ``<out>/keypoints.h5``, ``<out>/matches.h5`` and ``<out>/pairs.txt`` from a committed
+    stage of a run.
 
     See the module docstring for the layout, the pixel convention and the memory behaviour.
 
@@ -137,6 +140,9 @@ def export_hloc(
         min_score: drop matches whose score is below this (applied after ``inliers_only``).
         coordinates: ``"hloc"`` (default; manifest/OpenCV pixels, which hloc shifts by +0.5
             itself) or ``"colmap"`` (+0.5, for direct COLMAP import without hloc).
+        image_root: name each image by its path relative to this folder (what hloc's
+            ``reconstruction.main(image_dir=...)`` and a COLMAP model of that folder call it, e.g.
+            ``<scene>/images`` for a MegaDepth scene); None keeps the run's image ids.
 
     Returns:
         ``{"pairs": exported pairs, "skipped_failed": failed rows skipped, "images": images in
@@ -153,6 +159,8 @@ def export_hloc(
     cell = max(float(cell), float(radius))
 
     pairs, skipped_failed = load_pairs(run_url, stage, inliers_only, float(min_score))
+    if image_root is not None:
+        pairs = rename_images(run_url, stage, pairs, image_root)
     if quantize:
         keypoints, ids, scores = quantize_matches(
             [(p.image0, p.image1, p.matches, p.scores) for p in pairs],
@@ -177,6 +185,7 @@ def export_hloc(
     with _local_outputs(out) as (kp_path, m_path):
         _write_keypoints(kp_path, keypoints, offset, convention, attrs)
         _write_matches(m_path, pairs, keypoints, ids, scores, attrs)
+    write_pairs_txt(out, pairs)
 
     return {
         "pairs": len(pairs),
@@ -185,6 +194,32 @@ def export_hloc(
         "keypoints": int(sum(len(k) for k in keypoints.values())),
         "matches": int(sum(len(i) for i in ids)),
     }
+
+
+def rename_images(run_url: str, stage: str, pairs: list[_Pair], image_root: str) -> list[_Pair]:
+    """``pairs`` with each image named by its path relative to ``image_root``."""
+    from .export_colmap import image_names
+
+    rows = read_stage(run_url, stage, columns=["image0", "image1", "path0", "path1"]).to_pylist()
+    paths = {}
+    for r in rows:
+        paths.setdefault(r["image0"], r["path0"])
+        paths.setdefault(r["image1"], r["path1"])
+    used = {p.image0 for p in pairs} | {p.image1 for p in pairs}
+    _, names = image_names({k: paths[k] for k in used}, image_root)
+    return [_Pair(p.pair_id, names[p.image0], names[p.image1], p.matches, p.scores) for p in pairs]
+
+
+def write_pairs_txt(out: str, pairs: list[_Pair]) -> None:
+    """``<out>/pairs.txt``: one ``name0 name1`` line per exported pair (hloc's pairs file)."""
+    from matchmill.manifests.storage import write_bytes_atomic
+
+    for p in pairs:
+        if any(c.isspace() for c in p.image0 + p.image1):
+            raise ExportError(f"pair {p.pair_id!r}: an image name contains whitespace; pairs.txt cannot hold it")
+    text = "".join(f"{p.image0} {p.image1}\n" for p in pairs)
+    target = out if "://" in out else "file://" + os.path.abspath(out)
+    write_bytes_atomic(target.rstrip("/") + "/" + PAIRS_FILE, text.encode())
 
 
 def load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) -> tuple[list[_Pair], int]:

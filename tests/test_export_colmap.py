@@ -66,3 +66,26 @@ def test_fundamental_matrix_moves_to_colmap_pixels():
 def test_colmap_export_needs_verify(demo_run, tmp_path):
     with pytest.raises(ExportError, match="--stage verify"):
         export_colmap(demo_run, str(tmp_path), stage="refine")
+
+
+def test_hloc_export_writes_pairs_txt_with_names_of_the_image_root(demo_run, demo_root, tmp_path):
+    """With --image-root <scene>/images the h5 keys and pairs.txt use the names the scene's COLMAP
+    model uses, so hloc's reconstruction finds the images and the model's names."""
+    import h5py
+
+    from matchmill.datasets.colmap_scene import read_colmap_scene
+    from matchmill.pipeline.export import export_hloc
+
+    images = demo_root / "demo" / "images"
+    summary = export_hloc(demo_run, str(tmp_path / "hloc"), image_root=str(images))
+    lines = (tmp_path / "hloc" / "pairs.txt").read_text().splitlines()
+    assert len(lines) == summary["pairs"]
+    model_names = set(read_colmap_scene(demo_root / "demo" / "sparse").names)
+    with h5py.File(tmp_path / "hloc" / "keypoints.h5", "r") as f:
+        assert set(f.keys()) <= model_names
+    for line in lines:
+        a, b = line.split()
+        assert a in model_names and b in model_names and (images / a).is_file()
+    default = export_hloc(demo_run, str(tmp_path / "ids"))
+    first = (tmp_path / "ids" / "pairs.txt").read_text().splitlines()[0].split()
+    assert default["pairs"] == summary["pairs"] and all(n.startswith("demo/") for n in first)
