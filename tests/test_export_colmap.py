@@ -89,3 +89,16 @@ def test_hloc_export_writes_pairs_txt_with_names_of_the_image_root(demo_run, dem
     default = export_hloc(demo_run, str(tmp_path / "ids"))
     first = (tmp_path / "ids" / "pairs.txt").read_text().splitlines()[0].split()
     assert default["pairs"] == summary["pairs"] and all(n.startswith("demo/") for n in first)
+
+
+def test_hloc_export_reconstructs_through_pycolmap_as_hloc_would(demo_run, demo_root, tmp_path):
+    """hloc is not installable here (not on PyPI): its reconstruction.main steps through pycolmap
+    (pipeline/hloc_reconstruction.py) on the export as written, no manual step."""
+    from matchmill.pipeline.export import export_hloc
+    from matchmill.pipeline.hloc_reconstruction import reconstruct_hloc_export
+
+    images = demo_root / "demo" / "images"
+    export_hloc(demo_run, str(tmp_path / "hloc"), image_root=str(images))
+    rec = reconstruct_hloc_export(tmp_path / "hloc", images, tmp_path / "rec")
+    assert rec is not None and rec.num_reg_images() >= 12
+    assert rec.compute_mean_reprojection_error() < 1.5
