@@ -68,9 +68,11 @@ def check_strategy_conf(conf: dict) -> None:
 
 def _row(a: SourceImage, b: SourceImage, similarity: float | None = None, shared: int | None = None) -> dict[str, Any]:
     """A pair row; the pose is given only when both images sit in the same SfM model."""
+    from .megadepth import relative_pose
+
     T = None
     if a.scene == b.scene and a.cam_from_world is not None and b.cam_from_world is not None:
-        T = b.cam_from_world @ np.linalg.inv(a.cam_from_world)
+        T = relative_pose(a.cam_from_world, b.cam_from_world)
     return pair_row(a.image_id, b.image_id, a.path, b.path, scene=a.scene if a.scene == b.scene else None,
                     K0=a.K, K1=b.K, T_0to1=T, crop0=a.crop, crop1=b.crop, similarity=similarity, shared_points=shared)
 

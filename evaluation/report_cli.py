@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from matchmill.manifests.storage import check_writable, join, write_bytes_atomic
 
+from .arguments import non_negative_int
 from .figures import DEFAULT_CONF as PICTURE_CONF
 from .figures import report_pictures
 from .render import fmt, render_html, render_markdown
@@ -57,16 +58,6 @@ def _tolerance_spec(text: str) -> str:
     return text
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``report`` to the ``matchmill`` command line."""
     parser = subparsers.add_parser(
@@ -83,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "fractions (mma, homography_acc, auc), 5 for mean match counts, 0 for num_failed")
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="exit with code 1 when any metric regressed")
-    parser.add_argument("--pairs-to-draw", type=_non_negative_int, default=PICTURE_CONF["pairs_to_draw"],
+    parser.add_argument("--pairs-to-draw", type=non_negative_int, default=PICTURE_CONF["pairs_to_draw"],
                         metavar="N",
                         help=f"example pairs drawn per benchmark (default {PICTURE_CONF['pairs_to_draw']})")
     parser.set_defaults(func=cmd_report)

@@ -28,7 +28,7 @@ import numpy as np
 
 from matchmill.geometry.quantize import quantize_matches
 from matchmill.manifests.commit import read_stage
-from matchmill.manifests.storage import is_local, url_to_fs
+from matchmill.manifests.storage import url_to_fs
 
 from .export import ExportError, load_pairs
 
@@ -130,11 +130,7 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
         finally:
             db.close()
         fs.makedirs(out_path, exist_ok=True)
-        target = posixpath.join(out_path, DATABASE_FILE)
-        if is_local(fs):
-            os.replace(db_path, target) if os.stat(tmp).st_dev == os.stat(out_path).st_dev else fs.put_file(db_path, target)
-        else:
-            fs.put_file(db_path, target)
+        fs.put_file(db_path, posixpath.join(out_path, DATABASE_FILE))  # local or remote: one copy
     return {"images": len(image_ids), "keypoints": int(sum(len(k) for k in keypoints.values())),
             "pairs": len(written), "matches": n_matches, "skipped_failed": skipped, "image_root": root,
             "database": out.rstrip("/") + "/" + DATABASE_FILE}
