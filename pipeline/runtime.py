@@ -43,6 +43,7 @@ def init_ray(conf: dict, address: str | None = None, verbose: bool = False) -> N
                 # own RAY_USAGE_STATS_ENABLED wins); it also saves a second of start-up here
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(
+                    address="local",  # a new embedded Ray: never join a `ray start` cluster left on this machine
                     num_cpus=conf["ray"]["num_cpus"],
                     include_dashboard=False,
                     logging_level=level,

@@ -83,8 +83,9 @@ def _init_ray(conf: dict, address: str | None, verbose: bool = False) -> None:
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
         else:
-            ray.init(num_cpus=conf["ray"]["num_cpus"], include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=verbose)
+            # "local": a new embedded Ray, never one a `ray start` on this machine left running
+            ray.init(address="local", num_cpus=conf["ray"]["num_cpus"], include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=verbose)
     _check_resources(conf, CLUSTER_WAIT_SECONDS if address else 0.0)
 
 
