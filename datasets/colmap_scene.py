@@ -7,13 +7,21 @@ convention where that centre is at (0, 0). Everything returned here is converted
 convention: 2D observations are shifted by -0.5 and the principal point of ``K`` likewise, so
 that ``xy = K @ (R @ X + t)`` (after dividing by z) holds directly in OpenCV pixels.
 
-Only the pinhole part of a camera is used: for SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL and RADIAL
-the focal length(s) and principal point are read and any radial distortion coefficient is
-**ignored** (MegaDepth ships undistorted models, where it is zero). Other models raise ValueError.
+Camera models
+-------------
+Pair selection, pose ground truth and verification use a pinhole ``K``: SIMPLE_PINHOLE and
+PINHOLE cameras, and SIMPLE_RADIAL / RADIAL ones whose distortion coefficients are all zero (what
+COLMAP's ``image_undistorter`` and MegaDepth's undistorted models give). Any other camera (a
+fisheye or OpenCV model, or a radial one with distortion) would give wrong geometry with no error,
+so :func:`read_colmap_scene` refuses it (ValueError naming the folder, camera id, model and the
+supported list), and :func:`check_scene_cameras` does the same from ``cameras.bin`` / ``.txt``
+alone, cheaply, so that a run can refuse such a scene before any work.
+:func:`intrinsics_from_camera` itself only reads the pinhole part (focals, principal point).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +34,12 @@ SUPPORTED_MODELS: dict[str, tuple[int, int, int, int]] = {
     "SIMPLE_RADIAL": (0, 0, 1, 2),
     "RADIAL": (0, 0, 1, 2),
 }
+
+#: Indices of the distortion parameters of the supported models that have them (must be 0).
+DISTORTION_PARAMS: dict[str, tuple[int, ...]] = {"SIMPLE_RADIAL": (3,), "RADIAL": (3, 4)}
+
+#: The supported cameras, as messages say it.
+SUPPORTED_TEXT = "SIMPLE_PINHOLE, PINHOLE, and SIMPLE_RADIAL / RADIAL with zero distortion"
 
 #: Offset added to OpenCV pixel coordinates to get COLMAP ones (x_colmap = x_opencv + 0.5).
 COLMAP_PIXEL_OFFSET = 0.5
@@ -123,6 +137,105 @@ def intrinsics_from_camera(model: str, params: np.ndarray) -> np.ndarray:
     )
 
 
+class UnsupportedCameraError(ValueError):
+    """A COLMAP model holds a camera whose geometry matchmill cannot represent with a pinhole K."""
+
+
+def camera_problem(model: str, params) -> str | None:
+    """Why a camera of ``model`` with ``params`` (COLMAP order) cannot be used, or None when it can.
+
+    The text names the model and continues ``"camera 3 is "`` in messages."""
+    if model not in SUPPORTED_MODELS:
+        return f"{model}, which is not supported (pair selection needs a pinhole K)"
+    distortion = [float(params[i]) for i in DISTORTION_PARAMS.get(model, ()) if i < len(params)]
+    if any(k != 0.0 for k in distortion):
+        return f"{model} with distortion {distortion}, which is not supported (pair selection needs undistorted images)"
+    return None
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    """One camera of a COLMAP model, as ``cameras.bin`` / ``cameras.txt`` store it."""
+
+    camera_id: int
+    model: str
+    width: int
+    height: int
+    params: tuple[float, ...]
+
+
+def _model_table() -> dict[int, tuple[str, int]]:
+    """COLMAP camera model id -> (name, number of parameters), from pycolmap."""
+    import pycolmap
+
+    table = {}
+    for name, model_id in pycolmap.CameraModelId.__members__.items():
+        if name == "INVALID":
+            continue
+        cam = pycolmap.Camera.create_from_model_id(1, model_id, 1.0, 1, 1)
+        table[int(model_id)] = (name, len(cam.params))
+    return table
+
+
+def read_cameras(path: str | Path) -> list[CameraInfo]:
+    """The cameras of the COLMAP model in ``path`` (``cameras.bin``, else ``cameras.txt``) only.
+
+    Much cheaper than reading the whole model: used to vet every scene before a run starts.
+
+    Raises:
+        ValueError: naming the file when it is missing, truncated or holds an unknown model id.
+    """
+    path = Path(path)
+    binary, text = path / "cameras.bin", path / "cameras.txt"
+    out: list[CameraInfo] = []
+    if binary.is_file():
+        data, table = binary.read_bytes(), _model_table()
+        try:
+            (count,) = struct.unpack_from("<Q", data, 0)
+            pos = 8
+            for _ in range(count):
+                cid, model_id, width, height = struct.unpack_from("<IiQQ", data, pos)
+                pos += 24
+                if model_id not in table:
+                    raise ValueError(f"{binary}: camera {cid} has unknown model id {model_id}")
+                name, n = table[model_id]
+                params = struct.unpack_from(f"<{n}d", data, pos)
+                pos += 8 * n
+                out.append(CameraInfo(int(cid), name, int(width), int(height), tuple(params)))
+        except struct.error as exc:
+            raise ValueError(f"cannot read COLMAP model in {path}: cameras.bin is truncated or corrupt ({exc})") from None
+        return out
+    if not text.is_file():
+        raise ValueError(f"no COLMAP cameras file in {path}: expected cameras.bin or cameras.txt")
+    for lineno, line in enumerate(text.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            out.append(CameraInfo(int(fields[0]), fields[1], int(fields[2]), int(fields[3]),
+                                  tuple(float(v) for v in fields[4:])))
+        except (IndexError, ValueError):
+            raise ValueError(f"{text}:{lineno}: not a COLMAP camera line: {line.strip()!r}") from None
+    return out
+
+
+def check_scene_cameras(path: str | Path, scene: str | None = None) -> None:
+    """Refuse the model in ``path`` when a camera is not one :func:`camera_problem` accepts.
+
+    Raises:
+        UnsupportedCameraError: one line naming the scene, folder, camera id, model and the
+            supported list, with what to do (undistort, or exclude the scene).
+        ValueError: the cameras file cannot be read.
+    """
+    for cam in read_cameras(path):
+        problem = camera_problem(cam.model, cam.params)
+        if problem:
+            where = f"scene {scene!r} ({path})" if scene else str(path)
+            raise UnsupportedCameraError(
+                f"{where}: camera {cam.camera_id} is {problem}; supported: {SUPPORTED_TEXT}. "
+                "Undistort the scene (colmap image_undistorter) or leave it out (pairs.exclude_scenes)")
+
+
 #: Smallest possible size in bytes of one record of each binary model file (used to catch
 #: truncated files, on which pycolmap's reader can loop for a very long time).
 _MIN_RECORD_BYTES = {"cameras.bin": 24, "images.bin": 73, "points3D.bin": 51}
@@ -175,8 +288,9 @@ def read_colmap_scene(path: str | Path) -> ColmapScene:
     observation of a 3D point wins) and sorted by 3D point id.
 
     Raises:
-        ValueError: naming ``path`` when the folder or model is missing or unreadable, or a camera
-            model is not supported.
+        ValueError: naming ``path`` when the folder or model is missing or unreadable;
+            :class:`UnsupportedCameraError` (a ValueError) when a camera is not supported
+            (see the module docstring).
     """
     path = Path(path)
     rec = _read_reconstruction(path)
@@ -188,10 +302,12 @@ def read_colmap_scene(path: str | Path) -> ColmapScene:
     for image_id in rec.reg_image_ids():
         image = rec.image(image_id)
         cam = rec.camera(image.camera_id)
-        try:
-            K = intrinsics_from_camera(cam.model_name, cam.params)
-        except ValueError as e:
-            raise ValueError(f"{path}: image {image.name!r}: {e}") from e
+        problem = camera_problem(cam.model_name, cam.params)
+        if problem:
+            raise UnsupportedCameraError(
+                f"{path}: camera {image.camera_id} of image {image.name!r} is {problem}; "
+                f"supported: {SUPPORTED_TEXT}")
+        K = intrinsics_from_camera(cam.model_name, cam.params)
         T = np.eye(4)
         T[:3, :] = image.cam_from_world().matrix()
         ids, xy, X = _image_observations(image, xyz_of)

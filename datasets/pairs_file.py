@@ -12,11 +12,21 @@ One pair per line, whitespace separated::
 - Blank lines and lines starting with ``#`` are ignored.
 
 A malformed line never raises: it becomes a row with ``status="failed"`` and an ``error`` naming
-the file and the line number, so it stays visible in every later stage.
+the file and the line number, so it stays visible in every later stage. So does a **self-pair**
+(``a a``: an image with itself has no geometry to estimate): a failed row keyed ``a|a``, error
+``"<path>:<line>: self-pair: ..."``.
+
+Pairs are **ordered**: the key is ``image0|image1`` and the ground truth ``T_0to1`` maps camera 0
+to camera 1, so ``b a`` after ``a b`` is another pair (the MegaDepth recipe keeps both on purpose,
+``pairs.symmetric``). A line repeating an earlier line's pair (same names, same order) is a
+**duplicate**: it is dropped, the first line wins, and a warning names both lines
+(``"<path>:<line>: duplicate pair a|b (first on line <n>); dropped"``), so every key is unique
+and the pair is matched once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import posixpath
@@ -26,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from ..manifests.schemas import PAIR_FIELDS, STATUS_FAILED, STATUS_OK, make_pair_id
+
+log = logging.getLogger(__name__)
 
 #: Column names of a pairs-manifest row, in schema order.
 PAIR_ROW_KEYS: tuple[str, ...] = tuple(f.name for f in PAIR_FIELDS) + ("status", "error")
@@ -148,6 +160,8 @@ def _parse_line(tokens: list[str], images_dir: str, where: str, scene: str | Non
 
     if len(tokens) not in _VALID_TOKEN_COUNTS:
         return failed(f"expected {' or '.join(map(str, _VALID_TOKEN_COUNTS))} fields, got {len(tokens)}")
+    if image0 == image1:
+        return failed(f"self-pair: {image0} is paired with itself (no relative geometry to estimate)")
     K0 = K1 = T = None
     try:
         if len(tokens) >= 4:
@@ -175,9 +189,10 @@ def read_pairs_file(path: str | os.PathLike, images_dir: str | os.PathLike) -> l
         images_dir: folder the image names are relative to (local path or fsspec URL).
 
     Returns:
-        One row per non-comment line, in file order; image ids are the names as written,
-        ``path0``/``path1`` absolute (or URLs); malformed lines give failed rows whose error
-        reads ``"<path>:<line>: <reason>"``.
+        One row per non-comment line, in file order, duplicates dropped (see the module
+        docstring); image ids are the names as written, ``path0``/``path1`` absolute (or URLs);
+        malformed lines and self-pairs give failed rows whose error reads
+        ``"<path>:<line>: <reason>"``.
 
     Raises:
         FileNotFoundError: the pairs file itself does not exist.
@@ -187,15 +202,23 @@ def read_pairs_file(path: str | os.PathLike, images_dir: str | os.PathLike) -> l
 
 def iter_pairs_file(path: str | os.PathLike, images_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """The rows of :func:`read_pairs_file` one at a time: the file is read line by line, so a
-    pairs list of any length costs the caller one row of memory."""
+    pairs list of any length costs the caller one row plus the set of keys seen (to drop
+    duplicates, each with a warning naming its line and the first one)."""
     import fsspec
 
     path = os.fspath(path)
     images_dir = os.fspath(images_dir)
+    first_line: dict[str, int] = {}
     with fsspec.open(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
             tokens = text.split()
-            yield _parse_line(tokens, images_dir, f"{path}:{lineno}", _scene_of(tokens[0]))
+            row = _parse_line(tokens, images_dir, f"{path}:{lineno}", _scene_of(tokens[0]))
+            key = row["pair_id"]
+            if key in first_line:
+                log.warning("%s:%d: duplicate pair %s (first on line %d); dropped", path, lineno, key, first_line[key])
+                continue
+            first_line[key] = lineno
+            yield row

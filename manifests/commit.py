@@ -4,9 +4,12 @@ Layout of one stage under a run URL::
 
     <run>/<stage>/_STARTED.json      config hash of the attempt in progress (written first)
     <run>/<stage>/part-<id>.parquet  complete part files, each published atomically
-    <run>/<stage>/_COMMITTED.json    written last: config hash, schema version, rows, code version
+    <run>/<stage>/_COMMITTED.json    written last: config hash, schema version, rows, code version,
+                                     and the name and size of every part it covers
 
-A reader trusts a stage only when ``_COMMITTED.json`` exists and its config hash matches.
+A reader trusts a stage only when ``_COMMITTED.json`` exists and its config hash matches, and a
+rerun trusts its parts only when :func:`check_parts` finds them as committed (same names and
+sizes; with ``deep``, every page's checksum verified).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .storage import (
     join,
     list_files,
     read_bytes,
+    file_sizes,
     read_manifest,
     remove_tree,
     write_bytes_atomic,
@@ -54,6 +58,7 @@ class CommitInfo:
     seconds: float = 0.0
     committed_at: float = field(default_factory=time.time)
     extra: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)  # part file name -> bytes, as committed (empty: older markers)
 
 
 def stage_url(run_url: str, stage: str) -> str:
@@ -102,6 +107,45 @@ def part_files(run_url: str, stage: str) -> list[str]:
     return list_files(stage_url(run_url, stage))
 
 
+def check_parts(run_url: str, stage: str, manifest: str, commit: CommitInfo, deep: bool = True) -> dict[str, str]:
+    """What is wrong with a committed stage's part files: ``{part name: problem}``, empty when
+    they are as committed.
+
+    Found from one listing: a part that is missing, whose size changed (truncated, appended to,
+    rewritten) or that the commit does not cover. With ``deep``, every other part is also read
+    whole, which verifies its Parquet footer and each page's CRC32 (a byte flipped in place keeps
+    the size), and the rows of all parts must add up to the committed count.
+    """
+    sizes = file_sizes(stage_url(run_url, stage))
+    problems: dict[str, str] = {}
+    if commit.parts:
+        for name, size in sorted(commit.parts.items()):
+            if name not in sizes:
+                problems[name] = "is missing"
+            elif sizes[name] != size:
+                problems[name] = f"has {sizes[name]} bytes where the commit recorded {size} (truncated or rewritten)"
+        for name in sorted(sizes.keys() - commit.parts.keys()):
+            problems[name] = "is not covered by the commit (written after it)"
+    if deep:
+        rows = 0
+        for name in sorted(sizes.keys() - problems.keys()):
+            try:
+                rows += read_manifest(join(stage_url(run_url, stage), name), manifest).num_rows
+            except ManifestError as exc:
+                problems[name] = f"is unreadable: {str(exc).split(': ', 1)[-1]}"
+        if not problems and rows != commit.rows:
+            problems["(all parts)"] = f"hold {rows} rows where the commit recorded {commit.rows}"
+    return problems
+
+
+def remove_parts(run_url: str, stage: str, names: list[str]) -> None:
+    """Delete the named part files of a stage (those :func:`check_parts` found wrong)."""
+    for name in names:
+        url = join(stage_url(run_url, stage), name)
+        if exists(url):
+            remove_tree(url)
+
+
 def part_name(keys: list[str]) -> str:
     """Deterministic part file name from the keys it holds (a retried batch overwrites itself)."""
     digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:20]
@@ -124,14 +168,14 @@ def read_stage(run_url: str, stage: str, manifest: str | None = None, columns: l
 def committed_keys(run_url: str, stage: str, manifest: str, key: str) -> tuple[set[str], list[str]]:
     """Keys already written by complete parts, and the URLs of parts that were unreadable.
 
-    Unreadable parts (a crash mid-write on a store without atomic rename) are reported so that
-    the caller can delete them and redo their keys.
+    Unreadable parts (a crash mid-write on a store without atomic rename, a file truncated or
+    corrupted at rest) are reported so that the caller can delete them and redo their keys.
     """
     done: set[str] = set()
     broken: list[str] = []
     for url in part_files(run_url, stage):
-        try:
-            table = read_manifest(url, manifest, columns=[key])
+        try:  # read whole: every page's checksum is verified, not only the key column's
+            table = read_manifest(url, manifest)
         except ManifestError:
             broken.append(url)
             continue

@@ -26,6 +26,29 @@ from .schemas import MANIFESTS
 ROW_GROUP_ROWS = 1024
 
 
+#: Environment variables that configure storage access (endpoint, credentials, region, fsspec's
+#: own config). The driver forwards the ones it has to every Ray task and actor it starts, so a
+#: worker reaches the same store as the driver even when its node's environment predates the run
+#: (an embedded Ray started earlier, a cluster node started without them); see :func:`storage_env`.
+STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+               "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "GOOGLE_APPLICATION_CREDENTIALS", "FSSPEC_CONFIG_DIR")
+
+
+def storage_env() -> dict[str, str]:
+    """This process's values of :data:`STORAGE_ENV` (only those that are set)."""
+    import os
+
+    return {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
+
+
+def storage_remote_args() -> dict:
+    """Ray remote options that carry :func:`storage_env` to a task or actor (``{}`` when none is
+    set: workers then start in the cluster's default environment, as before)."""
+    env = storage_env()
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
 class ManifestError(ValueError):
     """A manifest file is unreadable or does not match its schema."""
 
@@ -74,6 +97,8 @@ def check_writable(url: str) -> None:
     probe = posixpath.join(path, f".probe-{uuid.uuid4().hex}")
     if not is_local(fs) and "memory" not in _protocols(fs):
         bucket = path.split("/", 1)[0]
+        if not bucket:  # s3:// or s3:///runs: fsspec would treat the first folder (or nothing) as the bucket
+            raise StorageError(f"storage {url!r} has no bucket: expected <protocol>://BUCKET[/PREFIX]")
         try:
             found = fs.exists(bucket)
         except Exception as exc:  # noqa: BLE001 - network / credential errors
@@ -169,7 +194,9 @@ def write_manifest(table: pa.Table, url: str, manifest: str) -> int:
     schema = schema_of(manifest)
     table = conform(table, schema, where=url)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    # page checksums (CRC32 per data page): a part corrupted at rest fails its next read instead of
+    # feeding wrong rows downstream (see :func:`open_parquet`)
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
     data = buf.getvalue()
     write_bytes_atomic(url, data)
     return len(data)
@@ -187,7 +214,7 @@ def read_manifest(url: str, manifest: str, columns: Iterable[str] | None = None)
     fs, path = url_to_fs(url)
     try:
         with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
+            pf = open_parquet(f)
             present = [c for c in (columns or []) if c in pf.schema_arrow.names]
             table = pf.read(columns=present if columns is not None else None)
     except FileNotFoundError as exc:
@@ -195,6 +222,29 @@ def read_manifest(url: str, manifest: str, columns: Iterable[str] | None = None)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ManifestError(f"{url}: not a readable Parquet file ({exc})") from exc
     return conform(table, schema, where=url)
+
+
+def open_parquet(f) -> pq.ParquetFile:
+    """A Parquet file that verifies each page's CRC32 as it reads it (pages written without one,
+    by older versions, are read as before)."""
+    return pq.ParquetFile(f, page_checksum_verification=True)
+
+
+def file_sizes(url: str, suffix: str = ".parquet") -> dict[str, int]:
+    """``{file name: bytes}`` of the files directly under ``url`` ending with ``suffix`` (one fresh
+    listing; hidden names skipped)."""
+    fs, path = url_to_fs(url)
+    fs.invalidate_cache(path)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for entry in entries:
+        base = posixpath.basename(entry["name"].rstrip("/"))
+        if base.endswith(suffix) and not base.startswith(".") and entry.get("type", "file") == "file":
+            out[base] = int(entry["size"])
+    return out
 
 
 def list_files(url: str, suffix: str = ".parquet") -> list[str]:

@@ -34,6 +34,7 @@ __all__ = [
     "METADATA_GLOBALS",
     "OPTIONAL_SUFFIXES",
     "WeightsSource",
+    "check_weights_file",
     "load_weights",
     "read_state_dict",
     "select_keys",
@@ -93,24 +94,48 @@ def read_state_dict(source: WeightsSource) -> dict[str, Tensor]:
     return _as_state_dict(_read_local(path), str(path))
 
 
-def _read_local(path: Path) -> object:
-    """The deserialised content of a local weights file (weights-only)."""
+def _read_local(path: Path, mmap: bool = False) -> object:
+    """The deserialised content of a local weights file (weights-only); ``mmap``: map the tensor
+    data of a zip-format torch file instead of reading it (for checks that need no values)."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
         try:
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as exc:
             if not _is_metadata_global(str(exc)):
                 raise
         with torch.serialization.safe_globals(_metadata_globals()):  # still weights_only=True
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused the content
         raise ValueError(_refusal(path, str(exc))) from None
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot load weights from {path} (weights-only loading): {exc}") from exc
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Refuse a local torch weights file that is not a plain tensor file, without running it.
+
+    The file is unpickled weights-only, as :func:`read_state_dict` does (a crafted ``__reduce__``
+    or a pickled module is refused before anything in it runs), with the tensor data of a
+    zip-format file memory-mapped rather than read, so that a run can check its weights up front
+    at little cost. ``.safetensors`` files hold tensors only and are not opened.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file holds pickled objects/code, cannot be read, or holds no state dict of
+            tensors; one line naming the file (the loader's own message).
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return
+    _as_state_dict(_read_local(path, mmap=zipfile.is_zipfile(path)), str(path))
 
 
 def _is_metadata_global(message: str) -> bool:

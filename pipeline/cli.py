@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "ids; colmap default: the deepest folder holding every image)")
     export.add_argument("--stage", default="verify", help="stage to export (default: verify)")
     export.add_argument("--all-matches", action="store_true", help="keep RANSAC outliers too")
-    export.add_argument("--no-quantize", action="store_true", help="do not merge keypoints across pairs")
+    export.add_argument("--keypoints", choices=("auto", "native", "matches"), default="auto",
+                        help="hloc: native = the extractor's own keypoints, scores and descriptors, every inlier "
+                             "kept (sparse chains with the identity refiner); matches = rebuilt from the match "
+                             "coordinates (quantised); auto (default): native when the chain allows it")
+    export.add_argument("--no-quantize", action="store_true",
+                        help="keypoints rebuilt from matches: do not merge them across pairs")
     export.add_argument("--radius", type=float, default=4.0, help="quantisation merge radius (px)")
     export.add_argument("--min-score", type=float, default=0.0, help="drop matches scoring below this")
     export.add_argument("--cell", type=int, default=48, help="quantisation grid cell (px)")
@@ -222,7 +227,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         summary = export_colmap(args.run_url, args.out, image_root=args.image_root, stage=args.stage,
                                 radius=args.radius, cell=args.cell, min_score=args.min_score)
+        note = summary.pop("note")
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
+        print(f"keypoints: {note}")
         return 0
 
     summary = export_hloc(
@@ -236,8 +243,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         min_score=args.min_score,
         coordinates=args.coordinates,
         image_root=args.image_root,
+        keypoints=args.keypoints,
     )
+    note = summary.pop("note")
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    if summary["keypoints_from"] == "native":
+        print(f"keypoints: native (the extract stage's), {summary['matches']} of {summary['input_matches']} "
+              "matches kept")
+    else:
+        how = f"quantised at {args.radius:g} px" if summary["keypoints_from"] == "quantized" else "one per match end"
+        print(f"keypoints: rebuilt from the matches ({how}), {summary['matches']} of {summary['input_matches']} "
+              f"matches kept ({note})")
     return 0
 
 

@@ -24,6 +24,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "run_name": "demo",  # run folder under storage; the run URL is <storage>/<run_name>
     "seed": 0,  # seed for pair sampling and the demo scene
     "part_rows": 64,  # rows per Parquet part file written by Ray stages (resume granularity)
+    "integrity": "full",  # rerun check of committed parts: full (sizes + every page's checksum, reads each part once) | sizes (one listing)
     "max_failed_fraction": 0.0,  # exit code 1 when a stage's failed rows exceed this fraction (0 = any failure)
     "ray": {
         "address": None,  # None = embedded local Ray; "auto" or ray://host:port joins a cluster
@@ -244,10 +245,52 @@ def _check_values(conf: dict) -> None:
         _check_resources(section, sec["resources"])
     if not 1 <= conf["data"]["demo_sfm_groups"] <= conf["data"]["demo_num_cameras"]:
         raise ConfigError(f"data.demo_sfm_groups: must be in [1, demo_num_cameras], got {conf['data']['demo_sfm_groups']}")
+    if conf["integrity"] not in ("full", "sizes"):
+        raise ConfigError(f"integrity: must be full or sizes, got {conf['integrity']!r}")
     if conf["part_rows"] < 1:
         raise ConfigError(f"part_rows: must be >= 1, got {conf['part_rows']}")
     if "/" in conf["run_name"].strip("/") or not conf["run_name"].strip():
         raise ConfigError(f"run_name: {conf['run_name']!r} must be a single non-empty folder name")
+    _check_storage_url(str(conf["storage"]))
+    _check_weights(conf)
+
+
+#: fsspec protocols of object stores, whose URLs start with a bucket (container) name.
+OBJECT_STORE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "oci", "r2")
+
+
+def _check_storage_url(storage: str) -> None:
+    """An object-store ``storage`` URL must name a bucket: ``s3://`` or ``s3:///runs`` has none
+    (and would otherwise turn into a local folder called ``s3:`` when the run name is joined)."""
+    protocol, sep, rest = storage.partition("://")
+    if sep and protocol.lower() in OBJECT_STORE_PROTOCOLS and not rest.split("/", 1)[0]:
+        raise ConfigError(f"storage {storage!r} has no bucket: expected {protocol}://BUCKET[/PREFIX]")
+
+
+def _check_weights(conf: dict) -> None:
+    """Refuse, before anything runs, a local ``<stage>.weights`` file that is not a plain tensor
+    file: one holding pickled objects or code (a crafted ``__reduce__``, a pickled module), or
+    no state dict at all.
+
+    Each method section's ``weights`` (a path or ``file://`` URL) that names an existing local file
+    other than ``.safetensors`` (tensors only, by format; shipped weights are such files) is read
+    weights-only by :func:`matchmill.models.weights.check_weights_file`: the tensor data
+    memory-mapped, not copied, and nothing in the file runs. The message is the loader's, naming
+    the file, after ``<stage>.weights:``. Remote URLs are fetched only by the stage that loads them,
+    which refuses such a file the same way; a missing file is named by that loader too."""
+    for section in method_sections():
+        value = conf[section].get("weights")
+        if not isinstance(value, str) or value.startswith("shipped:"):
+            continue  # unset, or a shipped (safetensors) file
+        local = value[len("file://"):] if value.startswith("file://") else value
+        if "://" in local or Path(local).suffix == ".safetensors" or not Path(local).is_file():
+            continue  # remote, tensors only by format, or missing: left to the loader
+        from matchmill.models.weights import check_weights_file
+
+        try:
+            check_weights_file(local)
+        except ValueError as exc:
+            raise ConfigError(f"{section}.weights: {exc}") from None
 
 
 def _check_pairs(conf: dict) -> None:

@@ -22,6 +22,10 @@ Each source of noise and how it is quieted (``verbose=True`` undoes all of it):
   the level it picked up on stderr; that one line is dropped. Not done when the user set
   ``RAY_BACKEND_LOG_LEVEL`` themselves.
 
+* the C++ GCS client's stderr line per connection attempt a token-protected cluster refuses
+  (``ray.init`` makes ~20): dropped while ``ray.init`` joins a cluster, since matchmill then says
+  in one line which variables to set (:func:`quiet_auth_retries`).
+
 Worker exceptions, worker stdout/stderr (``log_to_driver``), Ray's own WARNINGs and errors, and
 every ``matchmill.*`` logger are left alone.
 """
@@ -48,6 +52,10 @@ CONCURRENCY_WARNING = r"The (minimum|maximum) number of concurrent"
 
 #: The line the C++ logger prints when it picks up ``RAY_BACKEND_LOG_LEVEL``.
 _BACKEND_LEVEL_LINE = re.compile(r"logging\.cc:\d+: Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL")
+
+#: The GCS client's line for each of ``ray.init``'s ~20 connection attempts that a token-protected
+#: cluster refuses (matchmill replaces them with one line saying what to set: runtime.init_ray).
+_AUTH_RETRY_LINE = re.compile(r"gcs_client\.cc:\d+: Failed to get cluster ID from GCS server: Unauthenticated")
 
 
 class _DropNotices(logging.Filter):
@@ -153,6 +161,17 @@ def quiet_driver_backend(verbose: bool = False):
         yield
     finally:
         ray_worker.connect = original
+
+
+@contextlib.contextmanager
+def quiet_auth_retries(verbose: bool = False):
+    """Around ``ray.init(address=...)``: drop the C++ GCS client's stderr line per refused
+    connection attempt (token authentication); everything else on stderr comes back in order."""
+    if verbose:
+        yield
+        return
+    with _drop_stderr_lines(_AUTH_RETRY_LINE):
+        yield
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from matchmill.manifests.commit import part_name
 from matchmill.manifests.schemas import MANIFESTS
-from matchmill.manifests.storage import conform, join, url_to_fs, write_manifest
+from matchmill.manifests.storage import conform, join, open_parquet, storage_remote_args, url_to_fs, write_manifest
 
 from .graph import StageSpec
 
@@ -102,7 +102,7 @@ def read_range(url: str, start: int, length: int, manifest: str) -> pa.Table:
     """Rows [start, start + length) of one part file, reading only the row groups they span."""
     fs, path = url_to_fs(url)
     with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
+        pf = open_parquet(f)
         groups, offset, first = [], 0, None
         for i in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(i).num_rows
@@ -255,6 +255,7 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
     filters = {i.position: {"keep": i.keep, "drop": i.drop} for i in inputs}
     read_args = {"carrier": carrier, "key": key, "filters": filters}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    remote = storage_remote_args()  # the driver's storage endpoint / credentials reach every worker
     if plans[0].stateless:  # nothing to host the reads: read in zero-CPU tasks
         ds = ds.map_batches(
             read_blocks,
@@ -263,6 +264,7 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
             num_cpus=0,  # IO only: must never wait for CPUs held by the actor pools
             compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
             batch_format="pyarrow",
+            **remote,
         )
     for plan in plans:
         spec, section = plan.spec, conf[plan.spec.name]
@@ -276,7 +278,7 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
         if plan.stateless:
             ds = ds.map_batches(stateless_stage, fn_kwargs=args, batch_size=int(section["batch_size"]),
                                 num_cpus=0, compute=ray.data.TaskPoolStrategy(size=WRITE_TASKS),
-                                batch_format="pyarrow")
+                                batch_format="pyarrow", **remote)
         else:
             num_gpus = float(section["num_gpus"]) or None  # None, not 0: ray#45201
             custom = {"resources": dict(section["resources"])} if section.get("resources") else {}
@@ -288,6 +290,7 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
                 num_cpus=plan.cpus,
                 num_gpus=num_gpus,
                 batch_format="pyarrow",
+                **remote,
                 **custom,  # custom Ray resources (``<stage>.resources``), e.g. RANSAC on CPU workers
             )
         ds = ds.map_batches(
@@ -298,6 +301,7 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
             num_cpus=0,  # IO only
             compute=ray.data.TaskPoolStrategy(size=WRITE_TASKS),
             batch_format="pyarrow",
+            **remote,
         )
     _trace("execute", ",".join(p.spec.name for p in plans))
     out = ds.take_all()

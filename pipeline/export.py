@@ -9,14 +9,25 @@ Layout (hloc's, see ``specs/anchors.md`` A1):
 
 ``keypoints.h5``
     one group per image id (an id containing ``/`` becomes nested groups, as in hloc), holding
-    a ``keypoints`` dataset, float32 (K, 2), x then y. Every image of an exported pair has a
-    group, possibly with K = 0.
+    a ``keypoints`` dataset, float32 (K, 2), x then y, and ``image_size`` int64 (2,) (width,
+    height of the original image, what hloc's matchers read) when the run's extract manifest
+    knows it. Native keypoints (below) add ``scores`` float32 (K,) and ``descriptors`` (D, K)
+    (hloc's transposed layout, the stored dtype) when the extract method stores them, and the
+    keypoints' ``uncertainty`` attribute (1 px of the extractor's frame in original pixels, as
+    hloc writes it). Every image of an exported pair has a group, possibly with K = 0.
 ``matches.h5``
     one group per exported pair at :func:`names_to_pair` ``(image0, image1)``, i.e.
-    ``image0.replace('/', '-') + '/' + image1.replace('/', '-')``, holding ``matches0`` int32
-    (K0,) -- for keypoint i of image0 the index of its match in image1's keypoints, -1 when
-    unmatched -- and ``matching_scores0`` float16 (K0,), 0 where unmatched. Pairs are stored in
-    the manifest's (image0, image1) order; hloc's ``find_pair`` also finds them reversed.
+    ``image0.replace('/', '-') + '/' + image1.replace('/', '-')`` (hloc's current convention;
+    older hloc joined with ``_``, which hloc's ``find_pair`` still tries as
+    ``names_to_pair_old``), holding ``matches0`` int32 (K0,) -- for keypoint i of image0 the
+    index of its match in image1's keypoints, -1 when unmatched -- and ``matching_scores0``
+    float32 (K0,), 0 where unmatched (hloc writes float16; float32 keeps the run's scores
+    exactly, and hloc's readers take either). Pairs are stored in the manifest's (image0, image1)
+    order; hloc's ``find_pair`` also finds them reversed.
+
+Which matches: by default verify's RANSAC inliers (``inliers_only=True``; what triangulation and
+localisation want, and what the COLMAP export writes), then ``min_score``; ``--all-matches``
+keeps the outliers too.
 
 Pixel convention. Manifests hold original-image pixels with the top-left pixel centre at (0, 0)
 (OpenCV). hloc's feature files use that same convention: hloc's own extractors rescale with
@@ -30,21 +41,38 @@ a COLMAP database directly, without hloc. The choice is recorded as the attribut
 (``"opencv: pixel centre at integer coordinates (hloc)"`` or
 ``"colmap: pixel centre at integer + 0.5"``), together with ``pixel_offset`` (0.0 or 0.5).
 
-Keypoints. With ``quantize=True`` the keypoints of one image coming from different pairs are
-merged by :func:`matchmill.geometry.quantize.quantize_matches` (points closer than ``radius`` px
-become one keypoint at their mean; per pair the id matches are made one-to-one), so pairs
-share keypoint ids -- what COLMAP triangulation needs to build tracks longer than two views.
-With ``quantize=False`` every match of every pair gets its own two keypoints, appended per image
-in pair order; nothing is merged, so no track spans more than one pair.
+Keypoints (``keypoints=``):
+
+- ``"auto"`` (default): native keypoints when the chain is sparse-lossless, else rebuilt from
+  the match coordinates (below). The summary says which (``keypoints_from``) and why.
+- ``"native"``: the image's keypoints exactly as its extract artifact stores them (all K of
+  them, in stored order, with their scores and descriptors); each match is the pair of indices
+  of its end points, recovered by exact coordinate lookup (:mod:`.export_native`). Nothing is
+  merged, so every inlier is kept and pairs share keypoint ids wherever the matcher reused a
+  keypoint -- the tracks a detector-based hloc pipeline has. Possible only when every exported
+  end point is a stored keypoint (a detector + descriptor matcher with the identity refiner);
+  otherwise an :class:`ExportError` says why.
+- ``"matches"``: keypoints rebuilt from the match coordinates, the only way for dense chains
+  (PUMP, NCNet + Patch2Pix) and for any chain whose refiner moved points. With ``quantize=True``
+  the keypoints of one image coming from different pairs are merged by
+  :func:`matchmill.geometry.quantize.quantize_matches` (points closer than ``radius`` px become
+  one keypoint at their mean; per pair the id matches are made one-to-one), so pairs share
+  keypoint ids -- what COLMAP triangulation needs to build tracks longer than two views; merges
+  that collide inside a pair drop matches (the demo's SIFT chain keeps ~80 % of its inliers).
+  With ``quantize=False`` every match of every pair gets its own two keypoints, appended per
+  image in pair order; nothing is merged, so no track spans more than one pair.
+  ``quantize``, ``radius`` and ``cell`` apply to this path only.
 
 Determinism: pairs are processed in ``pair_id`` order (quantisation depends on the order), so
 the output does not depend on how the stage was split into part files.
 
 Memory: everything (the needed columns of the stage, the keypoint tables) is held in memory,
-i.e. proportional to the stage's matches plus the output keypoints. Each pair's ``matches0``
-vector is built only while it is written. Note that with ``quantize=False`` the matches file
-itself grows as the sum over pairs of K(image0), which is quadratic in the pairs per image;
-large ``matches0`` vectors are gzip-compressed (hloc/h5py read them transparently).
+i.e. proportional to the stage's matches plus the output keypoints; on the native path the
+scores and descriptors are read from the artifacts one image at a time while it is written.
+Each pair's ``matches0`` vector is built only while it is written. Note that the matches file
+grows as the sum over pairs of K(image0): with ``quantize=False`` that is quadratic in the
+pairs per image, on the native path it is the pairs times the stored keypoints; large
+``matches0`` vectors are gzip-compressed (hloc/h5py read them transparently).
 
 Files are written as a whole (an existing file is replaced, never appended to), under a
 temporary name and renamed, so a crash never leaves a truncated h5 at the final path. h5py
@@ -58,7 +86,6 @@ import os
 import posixpath
 import tempfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +99,7 @@ from matchmill.manifests.storage import ManifestError, is_local, url_to_fs
 
 from .graph import get_stage
 
-__all__ = ["ExportError", "export_hloc", "names_to_pair", "KEYPOINTS_FILE", "MATCHES_FILE"]
+__all__ = ["ExportError", "export_hloc", "names_to_pair", "KEYPOINTS_FILE", "MATCHES_FILE", "KEYPOINT_SOURCES"]
 
 KEYPOINTS_FILE = "keypoints.h5"
 MATCHES_FILE = "matches.h5"
@@ -108,6 +135,10 @@ class _Pair:
     scores: np.ndarray
 
 
+#: ``keypoints=`` values of :func:`export_hloc`.
+KEYPOINT_SOURCES = ("auto", "native", "matches")
+
+
 def export_hloc(
     run_url: str,
     out: str,
@@ -120,11 +151,13 @@ def export_hloc(
     *,
     coordinates: str = "hloc",
     image_root: str | None = None,
+    keypoints: str = "auto",
 ) -> dict:
     """Write ``<out>/keypoints.h5``, ``<out>/matches.h5`` and ``<out>/pairs.txt`` from a committed
     stage of a run.
 
-    See the module docstring for the layout, the pixel convention and the memory behaviour.
+    See the module docstring for the layout, the keypoint sources, the pixel convention and the
+    memory behaviour.
 
     Args:
         run_url: the run's storage URL (``<storage>/<run>``), any fsspec URL.
@@ -133,8 +166,8 @@ def export_hloc(
             (``verify``, or ``refine`` / ``propose`` with ``inliers_only=False``).
         inliers_only: keep only the matches flagged as RANSAC inliers (needs the ``inliers``
             column, i.e. the verify stage).
-        quantize: merge each image's keypoints across pairs (shared keypoint ids); if False,
-            every match becomes two new keypoints.
+        quantize: keypoints from matches only: merge each image's keypoints across pairs (shared
+            keypoint ids); if False, every match becomes two new keypoints.
         radius: quantisation merge distance in px (``quantize=True`` only).
         cell: quantisation hash-grid cell in px, a speed knob; raised to ``radius`` if smaller.
         min_score: drop matches whose score is below this (applied after ``inliers_only``).
@@ -143,61 +176,101 @@ def export_hloc(
         image_root: name each image by its path relative to this folder (what hloc's
             ``reconstruction.main(image_dir=...)`` and a COLMAP model of that folder call it, e.g.
             ``<scene>/images`` for a MegaDepth scene); None keeps the run's image ids.
+        keypoints: ``"auto"``, ``"native"`` or ``"matches"`` (module docstring).
 
     Returns:
         ``{"pairs": exported pairs, "skipped_failed": failed rows skipped, "images": images in
-        keypoints.h5, "keypoints": total keypoints, "matches": total exported matches}``.
+        keypoints.h5, "keypoints": total keypoints, "matches": total exported matches,
+        "keypoints_from": "native" | "quantized" | "per-pair", "input_matches": matches selected
+        for export (inliers, after ``min_score``), "kept": matches / input_matches (1.0 when
+        there are none), "note": why keypoints were not native ("" when they are)}``.
 
     Raises:
         ExportError: the stage is unknown, has no matches, is not committed, changed after its
-            commit, or holds inconsistent rows; or an argument is invalid.
+            commit, or holds inconsistent rows; ``keypoints="native"`` on a chain that is not
+            sparse-lossless; or an argument is invalid.
     """
+    from .export_native import NativeUnavailable, match_native_keypoints
+
     if coordinates not in PIXEL_CONVENTIONS:
         raise ExportError(f"coordinates must be one of {sorted(PIXEL_CONVENTIONS)}, got {coordinates!r}")
+    if keypoints not in KEYPOINT_SOURCES:
+        raise ExportError(f"keypoints must be one of {list(KEYPOINT_SOURCES)}, got {keypoints!r}")
     if not (np.isfinite(radius) and radius > 0):
         raise ExportError(f"radius must be a positive number of pixels, got {radius}")
     cell = max(float(cell), float(radius))
 
     pairs, skipped_failed = load_pairs(run_url, stage, inliers_only, float(min_score))
-    if image_root is not None:
-        pairs = rename_images(run_url, stage, pairs, image_root)
-    if quantize:
-        keypoints, ids, scores = quantize_matches(
-            [(p.image0, p.image1, p.matches, p.scores) for p in pairs],
-            radius=float(radius),
-            cell=cell,
-            min_score=float(min_score),
-        )
-    else:
-        keypoints, ids, scores = _append_keypoints(pairs)
-
+    input_matches = int(sum(len(p.matches) for p in pairs))
+    native, note = None, "keypoints=matches was asked for"
+    if keypoints != "matches":
+        try:
+            native = match_native_keypoints(run_url, pairs)
+            note = ""
+        except NativeUnavailable as exc:
+            if keypoints == "native":
+                raise ExportError(f"stage {stage!r} of run {run_url}: no native keypoints: {exc}") from exc
+            note = str(exc)
+    names = image_name_map(run_url, stage, pairs, image_root)
     offset, convention = PIXEL_CONVENTIONS[coordinates]
+    source = "native" if native is not None else ("quantized" if quantize else "per-pair")
     attrs = {
         "pixel_convention": convention,
         "pixel_offset": offset,
         "matchmill_run": run_url,
         "matchmill_stage": stage,
         "inliers_only": bool(inliers_only),
-        "quantize": bool(quantize),
-        "radius": float(radius) if quantize else 0.0,
+        "keypoints_from": source,
+        "quantize": bool(quantize) and native is None,
+        "radius": float(radius) if quantize and native is None else 0.0,
         "min_score": float(min_score),
     }
+    if native is not None:
+        ids = native.ids
+        scores = [p.scores[k].astype(np.float32) for p, k in zip(pairs, native.kept)]
+        counts = native.counts
+        sizes = native.sizes
+    else:
+        if quantize:
+            kp_table, ids, scores = quantize_matches(
+                [(p.image0, p.image1, p.matches, p.scores) for p in pairs],
+                radius=float(radius),
+                cell=cell,
+                min_score=float(min_score),
+            )
+        else:
+            kp_table, ids, scores = _append_keypoints(pairs)
+        counts = {image: len(k) for image, k in kp_table.items()}
+        sizes = _image_sizes(run_url)
     with _local_outputs(out) as (kp_path, m_path):
-        _write_keypoints(kp_path, keypoints, offset, convention, attrs)
-        _write_matches(m_path, pairs, keypoints, ids, scores, attrs)
-    write_pairs_txt(out, pairs)
+        if native is not None:
+            _write_native_keypoints(kp_path, native, names, offset, convention, attrs)
+        else:
+            _write_keypoints(kp_path, {names[i]: k for i, k in kp_table.items()}, offset, convention, attrs,
+                             sizes={names[i]: sizes[i] for i in kp_table if i in sizes})
+        _write_matches(m_path, pairs, names, counts, ids, scores, attrs)
+    write_pairs_txt(out, [_Pair(p.pair_id, names[p.image0], names[p.image1], p.matches, p.scores) for p in pairs])
 
+    n_matches = int(sum(len(i) for i in ids))
     return {
         "pairs": len(pairs),
         "skipped_failed": skipped_failed,
-        "images": len(keypoints),
-        "keypoints": int(sum(len(k) for k in keypoints.values())),
-        "matches": int(sum(len(i) for i in ids)),
+        "images": len(counts),
+        "keypoints": int(sum(counts.values())),
+        "matches": n_matches,
+        "keypoints_from": source,
+        "input_matches": input_matches,
+        "kept": round(n_matches / input_matches, 4) if input_matches else 1.0,
+        "note": note,
     }
 
 
-def rename_images(run_url: str, stage: str, pairs: list[_Pair], image_root: str) -> list[_Pair]:
-    """``pairs`` with each image named by its path relative to ``image_root``."""
+def image_name_map(run_url: str, stage: str, pairs: list[_Pair], image_root: str | None) -> dict[str, str]:
+    """``{image id: exported name}`` of every image of ``pairs``: the id itself without
+    ``image_root``, else the image's path relative to ``image_root``."""
+    used = {p.image0 for p in pairs} | {p.image1 for p in pairs}
+    if image_root is None:
+        return {i: i for i in used}
     from .export_colmap import image_names
 
     rows = read_stage(run_url, stage, columns=["image0", "image1", "path0", "path1"]).to_pylist()
@@ -205,8 +278,22 @@ def rename_images(run_url: str, stage: str, pairs: list[_Pair], image_root: str)
     for r in rows:
         paths.setdefault(r["image0"], r["path0"])
         paths.setdefault(r["image1"], r["path1"])
-    used = {p.image0 for p in pairs} | {p.image1 for p in pairs}
     _, names = image_names({k: paths[k] for k in used}, image_root)
+    return names
+
+
+def _image_sizes(run_url: str) -> dict[str, tuple[int, int]]:
+    """``{image id: (width, height)}`` from the run's committed extract manifest; {} without one."""
+    if read_commit(run_url, "extract") is None:
+        return {}
+    rows = read_stage(run_url, "extract", columns=["image_id", "status", "width", "height"]).to_pylist()
+    return {r["image_id"]: (int(r["width"]), int(r["height"])) for r in rows
+            if r["status"] != STATUS_FAILED and r["width"] and r["height"]}
+
+
+def rename_images(run_url: str, stage: str, pairs: list[_Pair], image_root: str) -> list[_Pair]:
+    """``pairs`` with each image named by its path relative to ``image_root``."""
+    names = image_name_map(run_url, stage, pairs, image_root)
     return [_Pair(p.pair_id, names[p.image0], names[p.image1], p.matches, p.scores) for p in pairs]
 
 
@@ -364,40 +451,67 @@ class _local_outputs:
 
 
 def _write_keypoints(
-    path: str, keypoints: dict[str, np.ndarray], offset: float, convention: str, attrs: dict
+    path: str, keypoints: dict[str, np.ndarray], offset: float, convention: str, attrs: dict,
+    sizes: dict[str, tuple[int, int]] | None = None,
 ) -> None:
-    """hloc features layout: ``f[image]["keypoints"]`` float32 (K, 2)."""
+    """hloc features layout: ``f[name]["keypoints"]`` float32 (K, 2) (+ ``image_size`` (2,) if known)."""
+    sizes = sizes or {}
     with h5py.File(path, "w", libver="latest") as f:
         f.attrs.update(attrs)
         for image in sorted(keypoints):
-            dset = f.create_group(image).create_dataset(
+            grp = f.create_group(image)
+            dset = grp.create_dataset(
                 "keypoints", data=(keypoints[image].astype(np.float64) + offset).astype(np.float32).reshape(-1, 2)
             )
             dset.attrs["pixel_convention"] = convention
             dset.attrs["pixel_offset"] = offset
+            if image in sizes:
+                grp.create_dataset("image_size", data=np.asarray(sizes[image], np.int64))
+
+
+def _write_native_keypoints(path: str, native, names: dict[str, str], offset: float, convention: str,
+                            attrs: dict) -> None:
+    """hloc features layout from the extract artifacts, one image at a time: ``keypoints`` float32
+    (K, 2), ``scores`` float32 (K,) and ``descriptors`` (D, K) when stored, ``image_size`` (2,)."""
+    from matchmill.manifests.artifacts import ArtifactReader
+
+    with h5py.File(path, "w", libver="latest") as f:
+        f.attrs.update(attrs)
+        for image in sorted(native.artifacts, key=lambda i: names[i]):
+            reader = ArtifactReader(native.artifacts[image])
+            kp = reader.read("keypoints").reshape(-1, 2)
+            grp = f.create_group(names[image])
+            data = kp.astype(np.float32) if offset == 0 else (kp.astype(np.float64) + offset).astype(np.float32)
+            dset = grp.create_dataset("keypoints", data=data)
+            dset.attrs["pixel_convention"] = convention
+            dset.attrs["pixel_offset"] = offset
+            if "scale" in reader.header:  # extractor frame -> original pixels: 1 px of detection noise
+                dset.attrs["uncertainty"] = float(np.mean(reader.read("scale")))
+            if "scores" in reader.header:
+                grp.create_dataset("scores", data=reader.read("scores").reshape(-1).astype(np.float32))
+            if "descriptors" in reader.header:
+                desc = reader.read("descriptors").reshape(len(kp), -1)
+                opts = {"compression": "gzip", "compression_opts": 4} if desc.size >= _COMPRESS_FROM else {}
+                grp.create_dataset("descriptors", data=np.ascontiguousarray(desc.T), **opts)
+            grp.create_dataset("image_size", data=np.asarray(native.sizes[image], np.int64))
 
 
 def _matches0(ids: np.ndarray, scores: np.ndarray, k0: int) -> tuple[np.ndarray, np.ndarray]:
-    """hloc's per-keypoint vectors from (M, 2) one-to-one id pairs."""
+    """hloc's per-keypoint vectors ``matches0`` int32 (K0,) and ``matching_scores0`` float32 (K0,)
+    from (M, 2) id pairs, one-to-one in image 0, and their (M,) scores."""
     matches0 = np.full(k0, -1, dtype=np.int32)
-    scores0 = np.zeros(k0, dtype=np.float16)
+    scores0 = np.zeros(k0, dtype=np.float32)
+    ids = np.asarray(ids, np.int64).reshape(-1, 2)
     matches0[ids[:, 0]] = ids[:, 1]
-    f16 = np.finfo(np.float16)
-    scores0[ids[:, 0]] = np.clip(scores, f16.min, f16.max).astype(np.float16)
+    scores0[ids[:, 0]] = np.asarray(scores, np.float32)
     return matches0, scores0
-
-
-def _pair_datasets(
-    pairs: list[_Pair], keypoints: dict[str, np.ndarray], ids: list[np.ndarray], scores: list[np.ndarray]
-) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    for p, pid, psc in zip(pairs, ids, scores):
-        yield (names_to_pair(p.image0, p.image1), *_matches0(pid, psc, len(keypoints[p.image0])))
 
 
 def _write_matches(
     path: str,
     pairs: list[_Pair],
-    keypoints: dict[str, np.ndarray],
+    names: dict[str, str],
+    counts: dict[str, int],
     ids: list[np.ndarray],
     scores: list[np.ndarray],
     attrs: dict,
@@ -405,8 +519,9 @@ def _write_matches(
     """hloc matches layout: ``f[names_to_pair(n0, n1)]`` with ``matches0`` / ``matching_scores0``."""
     with h5py.File(path, "w", libver="latest") as f:
         f.attrs.update(attrs)
-        for key, matches0, scores0 in _pair_datasets(pairs, keypoints, ids, scores):
-            grp = f.create_group(key)
+        for p, pid, psc in zip(pairs, ids, scores):
+            matches0, scores0 = _matches0(pid, psc, counts[p.image0])
+            grp = f.create_group(names_to_pair(names[p.image0], names[p.image1]))
             opts = {"compression": "gzip", "compression_opts": 4} if len(matches0) >= _COMPRESS_FROM else {}
             grp.create_dataset("matches0", data=matches0, **opts)
             grp.create_dataset("matching_scores0", data=scores0, **opts)

@@ -8,9 +8,11 @@ Written through pycolmap's ``Database`` (no hand-written SQL):
   prior); size from the extract manifest;
 - **images**: named relative to ``image_root`` (default: the deepest folder holding every image),
   so ``incremental_mapping(database, image_root, out)`` finds the files;
-- **keypoints**: each image's match end points merged across pairs as for the hloc export
-  (:func:`matchmill.geometry.quantize.quantize_matches`, ``radius`` px), shifted by +0.5 to
-  COLMAP's pixel origin;
+- **keypoints**: for a sparse chain (every match end point is a stored keypoint, see
+  :mod:`matchmill.pipeline.export_native`) each image's own keypoints, all of them, so every inlier
+  is kept; otherwise (a dense chain, a refiner that moved points) each image's match end points
+  merged across pairs as for the hloc export (:func:`matchmill.geometry.quantize.quantize_matches`,
+  ``radius`` px). Shifted by +0.5 to COLMAP's pixel origin;
 - **matches** and **two-view geometries**: verify's inlier matches of each pair (a pair listed
   both ways is written once), with verify's F (config ``UNCALIBRATED``) or H (``PLANAR``).
 
@@ -31,6 +33,7 @@ from matchmill.manifests.commit import read_stage
 from matchmill.manifests.storage import url_to_fs
 
 from .export import ExportError, load_pairs
+from .export_native import NativeUnavailable, match_native_keypoints
 
 DATABASE_FILE = "database.db"
 
@@ -57,7 +60,8 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
     """Write ``<out>/database.db`` from a committed verify stage (see the module docstring).
 
     Returns:
-        ``{"images", "keypoints", "pairs", "matches", "image_root", "database"}``.
+        ``{"images", "keypoints", "keypoints_from", "pairs", "matches", "image_root", "database"}``;
+        ``keypoints_from`` is ``native`` or ``quantized``, and ``note`` says why when quantised.
 
     Raises:
         ExportError: the stage is not committed / has no inlier flags, an image lies outside
@@ -68,9 +72,7 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
     if stage != "verify":
         raise ExportError("the COLMAP export needs verify's inliers and two-view geometry: --stage verify")
     pairs, skipped = load_pairs(run_url, stage, True, float(min_score))
-    keypoints, ids, _ = quantize_matches([(p.image0, p.image1, p.matches, p.scores) for p in pairs],
-                                         radius=float(radius), cell=max(float(cell), float(radius)),
-                                         min_score=float(min_score))
+    keypoints, ids, keypoints_from, note = _keypoints(run_url, pairs, float(radius), float(cell), float(min_score))
     rows = read_stage(run_url, stage, columns=["pair_id", "image0", "image1", "path0", "path1", "K0", "K1",
                                                "model", "F_est", "H_est", "status"]).to_pylist()
     geometry = {r["pair_id"]: r for r in rows if r["status"] == "ok"}
@@ -132,8 +134,24 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
         fs.makedirs(out_path, exist_ok=True)
         fs.put_file(db_path, posixpath.join(out_path, DATABASE_FILE))  # local or remote: one copy
     return {"images": len(image_ids), "keypoints": int(sum(len(k) for k in keypoints.values())),
-            "pairs": len(written), "matches": n_matches, "skipped_failed": skipped, "image_root": root,
+            "keypoints_from": keypoints_from, "note": note, "pairs": len(written), "matches": n_matches, "skipped_failed": skipped, "image_root": root,
             "database": out.rstrip("/") + "/" + DATABASE_FILE}
+
+
+def _keypoints(run_url: str, pairs: list, radius: float, cell: float, min_score: float
+               ) -> tuple[dict[str, np.ndarray], list[np.ndarray], str, str]:
+    """Per image (N, 2) keypoints and per pair (M, 2) match indices: the native keypoints when
+    every end point is one, else the quantised match end points; plus which, and why."""
+    from matchmill.manifests.artifacts import ArtifactReader
+
+    try:
+        native = match_native_keypoints(run_url, pairs)
+    except NativeUnavailable as exc:
+        keypoints, ids, _ = quantize_matches([(p.image0, p.image1, p.matches, p.scores) for p in pairs],
+                                             radius=radius, cell=max(cell, radius), min_score=min_score)
+        return keypoints, ids, "quantized", f"quantised at {radius:g} px: {exc}"
+    keypoints = {image: ArtifactReader(url).read("keypoints").reshape(-1, 2) for image, url in native.artifacts.items()}
+    return keypoints, native.ids, "native", "the extract stage's keypoints"
 
 
 def _colmap_F(F: np.ndarray) -> np.ndarray:

@@ -4,6 +4,8 @@
 1. ``pycolmap.import_images`` of the image folder (one camera per image, models inferred as
    COLMAP does), restricted to the names in ``keypoints.h5``;
 2. keypoints from ``keypoints.h5`` shifted by +0.5 (hloc's ``import_features``: COLMAP's origin);
+   a file written with ``coordinates="colmap"`` (``pixel_offset`` attribute 0.5) is already in
+   COLMAP's convention and is not shifted again;
 3. matches from each pair's ``matches0`` (hloc's ``import_matches``);
 4. ``pycolmap.verify_matches`` on ``pairs.txt`` (hloc's geometric verification);
 5. ``pycolmap.incremental_mapping``.
@@ -24,11 +26,13 @@ from .export import KEYPOINTS_FILE, MATCHES_FILE, PAIRS_FILE, names_to_pair
 
 
 def _walk_keypoints(f: h5py.File) -> dict[str, np.ndarray]:
+    """``{image name: (K, 2) float64 keypoints in COLMAP's convention (pixel centre at +0.5)}``."""
     out: dict[str, np.ndarray] = {}
 
     def visit(name: str, obj) -> None:
         if isinstance(obj, h5py.Dataset) and name.endswith("/keypoints"):
-            out[name[: -len("/keypoints")]] = np.asarray(obj, np.float64)
+            offset = float(obj.attrs.get("pixel_offset", 0.0))  # hloc's own files have none: 0
+            out[name[: -len("/keypoints")]] = np.asarray(obj, np.float64) + (0.5 - offset)
 
     f.visititems(visit)
     return out
@@ -56,7 +60,7 @@ def reconstruct_hloc_export(export_dir: str | os.PathLike, image_dir: str | os.P
         if missing:
             raise FileNotFoundError(f"{len(missing)} exported image(s) not found under {image_dir}, e.g. {missing[0]!r}")
         for name, kp in keypoints.items():
-            db.write_keypoints(ids[name], (kp + 0.5).astype(np.float32))
+            db.write_keypoints(ids[name], kp.astype(np.float32))
         with h5py.File(export_dir / MATCHES_FILE, "r") as f:
             done = set()
             for a, b in pairs:

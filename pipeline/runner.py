@@ -24,12 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from matchmill.manifests.commit import (
+    COMMIT_MARKER,
     CommitInfo,
+    check_parts,
     committed_keys,
     part_files,
     read_commit,
     read_stage,
     read_started,
+    remove_parts,
     reset_stage,
     stage_url,
     write_commit,
@@ -38,6 +41,7 @@ from matchmill.manifests.commit import (
 from matchmill.manifests.schemas import SCHEMA_VERSION
 from matchmill.manifests.storage import (
     check_writable,
+    file_sizes,
     join,
     remove_tree,
     schema_of,
@@ -58,7 +62,7 @@ class StageReport:
     """One line of the per-stage summary."""
 
     stage: str
-    action: str  # ran | resumed | skipped
+    action: str  # ran | resumed | repaired | skipped
     rows: int
     failed: int
     computed: int  # rows computed in this run
@@ -119,19 +123,25 @@ def check_storage(conf: dict) -> str:
 class StageState:
     spec: StageSpec
     config_hash: str
-    action: str  # skip | run | replace (committed with another config) | clear (partial of another config)
+    # skip | run | replace (committed with another config) | clear (partial of another config)
+    # | repair (committed, but parts are damaged: those are removed and their rows redone)
+    action: str
     commit: CommitInfo | None
+    problems: dict[str, str] = field(default_factory=dict)  # repair: part name -> what is wrong
 
 
 def plan_stages(conf: dict, url: str, hashes: dict[str, str], specs: list[StageSpec], overwrite: bool) -> list[StageState]:
-    """Decide what each stage does, reading only markers; raise before anything is written when a
-    committed stage would be replaced without ``overwrite``."""
+    """Decide what each stage does, reading markers and checking committed parts (see
+    :func:`~matchmill.manifests.commit.check_parts`; ``integrity: full`` also reads them); raise
+    before anything is written when a committed stage would be replaced without ``overwrite``."""
     states, replaced = [], []
+    deep = conf.get("integrity", "full") == "full"
     for spec in specs:
         h = hashes[spec.name]
         commit = read_commit(url, spec.name)
         if commit and commit.config_hash == h and commit.schema_version == SCHEMA_VERSION:
-            states.append(StageState(spec, h, "skip", commit))
+            problems = check_parts(url, spec.name, spec.manifest, commit, deep=deep)
+            states.append(StageState(spec, h, "repair" if problems else "skip", commit, problems))
             continue
         if commit is not None:
             replaced.append((spec, commit))
@@ -177,6 +187,12 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
+def describe_repairs(states: list[StageState]) -> list[str]:
+    """One line per damaged part of a committed stage that this run removes and redoes."""
+    return [f"{s.spec.name}/{name} {problem}: removed, its rows are redone (the stage's other parts are kept)"
+            for s in states if s.action == "repair" for name, problem in s.problems.items()]
+
+
 def preflight(conf: dict, states: list[StageState]) -> None:
     """Checks that need the data source, done before anything is written."""
     if any(s.spec.name == "pairs" and s.action != "skip" for s in states):
@@ -215,6 +231,8 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
     states = plan_stages(conf, url, hashes, specs, overwrite)
     preflight(conf, states)
     _warn_random_init(conf, states, echo)
+    for line in describe_repairs(states):
+        echo(f"matchmill: {line}")
     result = RunResult(run_url=url)
     needs_ray = any(s.spec.kind == "ray" and s.action != "skip" for s in states)
     groups = group_states(states)
@@ -308,7 +326,12 @@ def format_report(r: StageReport) -> str:
 
 def _prepare(state: StageState, url: str) -> None:
     """Clear what the plan said to clear, then mark the attempt as started."""
-    if state.action in ("replace", "clear"):
+    if state.action == "repair":
+        # the stage is uncommitted from here on: an interrupted repair resumes like any partial stage
+        remove_parts(url, state.spec.name, [COMMIT_MARKER] + [n for n in state.problems if n.endswith(".parquet")])
+        if any(not n.endswith(".parquet") for n in state.problems):  # the row count is off: redo from scratch
+            reset_stage(url, state.spec.name)
+    elif state.action in ("replace", "clear"):
         log.warning("stage %s: %s", state.spec.name,
                     "replacing the results of another config (--overwrite)" if state.action == "replace"
                     else "clearing uncommitted parts of another config")
@@ -320,11 +343,15 @@ def _commit(state: StageState, conf: dict, url: str, seconds: float, execution: 
     """Count the stage's rows and write its commit marker (with the config it computed from and,
     for streamed stages, the stages that shared its execution and its ``seconds``)."""
     spec = state.spec
+    parts = file_sizes(stage_url(url, spec.name))
     rows, failed = count_rows(url, spec)
     extra = {"config": _jsonable(stage_config(conf, spec))}
     if len(execution) > 1:
         extra["execution"] = list(execution)
-    write_commit(url, CommitInfo(spec.name, spec.manifest, state.config_hash, rows, failed, seconds=seconds, extra=extra))
+    if state.problems:
+        extra["repaired"] = dict(state.problems)
+    write_commit(url, CommitInfo(spec.name, spec.manifest, state.config_hash, rows, failed, seconds=seconds,
+                                 extra=extra, parts=parts))
     return rows, failed
 
 
@@ -355,7 +382,8 @@ def run_driver(state: StageState, conf: dict, url: str) -> StageReport:
     computed = write_in_parts(spec.load()(conf, url), url, spec)
     seconds = time.perf_counter() - start
     rows, failed = _commit(state, conf, url, seconds)
-    return StageReport(spec.name, "ran", rows, failed, computed, seconds, state.config_hash)
+    action = "repaired" if state.action == "repair" else "ran"
+    return StageReport(spec.name, action, rows, failed, computed, seconds, state.config_hash)
 
 
 def count_rows(url: str, spec: StageSpec) -> tuple[int, int]:
@@ -467,7 +495,7 @@ def run_ray_group(group: list[StageState], conf: dict, url: str, echo) -> list[S
     for state in todo:
         name = state.spec.name
         rows, failed = _commit(state, conf, url, seconds, names)
-        action = "resumed" if done[name] else "ran"
+        action = "repaired" if state.action == "repair" else "resumed" if done[name] else "ran"
         others = tuple(n for n in names if n != name) if len(names) > 1 else ()
         reports[name] = StageReport(name, action, rows, failed, computed[name], seconds, state.config_hash, others)
     return [reports[s.spec.name] for s in group]

@@ -18,6 +18,41 @@ class ResourceError(RuntimeError):
     """The cluster cannot provide what the config asks for (e.g. GPUs on a CPU-only machine)."""
 
 
+class ClusterAuthError(ResourceError):
+    """Joining a cluster failed on Ray's token authentication (no token, or not the head's).
+
+    A :class:`ResourceError`, so ``matchmill run`` prints it as one line and exits 2 (nothing ran)."""
+
+
+def _auth_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is Ray refusing this driver's authentication token.
+
+    ``ray.init(address=...)`` retries the GCS connection for ~20 s and then raises a
+    ``ConnectionError`` whose cause carries the ``AuthenticationError`` only as traceback text."""
+    try:
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without token authentication
+        return False
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, AuthenticationError) or "InvalidAuthToken" in str(exc) or "AuthenticationError" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _auth_message(address: str) -> str:
+    mode = os.environ.get("RAY_AUTH_MODE")
+    has = [k for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH") if os.environ.get(k)]
+    now = f"RAY_AUTH_MODE is {mode!r}" if mode else "RAY_AUTH_MODE is unset"
+    now += f", {' and '.join(has)} set" if has else ", no RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH"
+    return (f"the Ray cluster at {address} refused this driver's authentication token ({now}): set "
+            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the head's token> (or RAY_AUTH_TOKEN_PATH=<a file holding it>; "
+            "`ray get-auth-token` on the head prints it); for deploy/local-cluster.sh: "
+            'eval "$(deploy/local-cluster.sh env)"')
+
+
 def init_ray(conf: dict, address: str | None = None, verbose: bool = False) -> None:
     """Start or join Ray once per process; configure Ray Data's progress output.
 
@@ -29,7 +64,7 @@ def init_ray(conf: dict, address: str | None = None, verbose: bool = False) -> N
     import ray
     from ray.data import DataContext
 
-    from .console import configure_console, progress_bars_wanted, quiet_driver_backend
+    from .console import configure_console, progress_bars_wanted, quiet_auth_retries, quiet_driver_backend
 
     configure_console(verbose)  # before ray.init: it logs the token-auth notice
     level = logging.INFO if verbose else logging.WARNING
@@ -37,7 +72,13 @@ def init_ray(conf: dict, address: str | None = None, verbose: bool = False) -> N
     if not ray.is_initialized():
         with quiet_driver_backend(verbose):
             if address:
-                ray.init(address=address, logging_level=level, log_to_driver=True)
+                try:
+                    with quiet_auth_retries(verbose):
+                        ray.init(address=address, logging_level=level, log_to_driver=True)
+                except Exception as exc:  # noqa: BLE001 - only an authentication failure is translated
+                    if _auth_failure(exc):
+                        raise ClusterAuthError(_auth_message(address)) from exc
+                    raise
             else:
                 # an embedded cluster on a possibly offline machine: no usage-stats report (a user's
                 # own RAY_USAGE_STATS_ENABLED wins); it also saves a second of start-up here

@@ -134,6 +134,8 @@ def _describe_on_ray(images: Sequence[SourceImage], todo: list[int], conf: dict,
     """:class:`Describer` as a Ray Data actor pool with the extract section's resources."""
     import ray
 
+    from matchmill.manifests.storage import storage_remote_args
+
     num_gpus = float(execution.get("num_gpus") or 0.0)
     num_cpus = float(execution.get("num_cpus") or 1.0)
     custom = {"resources": dict(execution["resources"])} if execution.get("resources") else {}
@@ -148,6 +150,7 @@ def _describe_on_ray(images: Sequence[SourceImage], todo: list[int], conf: dict,
         num_cpus=num_cpus,
         num_gpus=num_gpus or None,  # None, not 0: ray#45201
         batch_format="pyarrow",
+        **storage_remote_args(),  # the driver's storage endpoint / credentials (images on s3://)
         **custom,
     )
     out: dict[int, tuple[np.ndarray | None, str | None]] = {}

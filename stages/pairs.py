@@ -63,7 +63,8 @@ def check_source(conf: dict) -> None:
     """Fail (FileNotFoundError naming the key) when the data source cannot be read; writes nothing.
 
     Called by the runner before any stage is touched, so a wrong ``data.root`` never costs a
-    committed stage."""
+    committed stage. Scene sources also have their COLMAP cameras vetted here
+    (:func:`check_scene_cameras`)."""
     import fsspec
 
     data = conf["data"]
@@ -81,6 +82,42 @@ def check_source(conf: dict) -> None:
         must_exist("pairs_file")
         if data["images_dir"]:
             must_exist("images_dir")
+    if source == "megadepth" or (source == "demo" and data["root"]):
+        check_scene_cameras(Path(data["root"]), conf["pairs"])
+
+
+def check_scene_cameras(root: Path, pairs_conf: dict) -> None:
+    """Refuse, before any work, a scene whose COLMAP model has a camera pair selection cannot use.
+
+    Every scene the run would read (``pairs.scenes`` or each folder under ``root``, minus
+    ``pairs.exclude_scenes``) that has a model in ``<scene>/<pairs.sparse_dir>`` is checked from its
+    cameras file alone (:func:`matchmill.datasets.colmap_scene.check_scene_cameras`).
+
+    The whole run stops (ConfigError: exit 2, one line naming the scene, camera id, model and the
+    supported list; also for a cameras file that cannot be read) rather than skipping the scene: a fisheye, OpenCV or distorted radial camera
+    read as a pinhole ``K`` gives wrong ground-truth poses, wrong Sampson filtering and wrong
+    verification for every pair of the scene with no error anywhere, and silently skipping it
+    would shrink the dataset behind the user's back. The user decides: undistort the scene
+    (``colmap image_undistorter``) or list it in ``pairs.exclude_scenes``.
+    """
+    from matchmill.datasets.colmap_scene import check_scene_cameras as check_cameras
+    from matchmill.datasets.colmap_scene import has_colmap_model
+    from matchmill.pipeline.config import ConfigError
+
+    if not root.is_dir():
+        return  # must_exist / the pairs stage name a missing root
+    excluded = set(pairs_conf.get("exclude_scenes") or [])
+    names = pairs_conf.get("scenes")
+    if names is None:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for scene in names:
+        sparse = root / scene / pairs_conf["sparse_dir"]
+        if scene in excluded or not has_colmap_model(sparse):
+            continue
+        try:
+            check_cameras(sparse, scene)
+        except ValueError as exc:  # an unsupported camera, or an unreadable cameras file
+            raise ConfigError(str(exc)) from None
 
 
 def source_rows(conf: dict, run_url: str | None = None) -> Iterable[dict]:

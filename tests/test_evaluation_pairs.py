@@ -249,8 +249,10 @@ def test_method_config_hashes_follow_what_is_computed(tmp_path):
     from matchmill.evaluation.method_config import config_hash, default_history_url, method_config, model_hashes
     from matchmill.weights import shipped_path
 
+    import torch
+
     weights = tmp_path / "p2p.pth"
-    weights.write_bytes(b"not really weights, only hashed")
+    torch.save({"w": torch.zeros(1)}, weights)  # only hashed here, but configs refuse a file that is not weights
 
     def conf(out, *overrides, method="patch2pix"):
         return method_config(method, "file:///x/pairs.parquet", f"file://{out}", resize=320, overrides=overrides)

@@ -183,7 +183,11 @@ def test_export_command_writes_hloc_files_of_a_real_run(full_run, tmp_path, caps
 
     _, result, _ = full_run
     assert cli_main(["export", result.run_url, str(tmp_path)]) == 0
-    assert "pairs=24" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "pairs=24" in out
+    # the demo chain is sparse (SIFT + mutual NN + identity refine): native keypoints, every inlier
+    inliers = sum(read_stage(result.run_url, "verify", columns=["num_inliers"]).column("num_inliers").to_pylist())
+    assert "keypoints_from=native" in out and f"matches={inliers} " in out and "kept=1.0" in out
     with h5py.File(tmp_path / "keypoints.h5", "r") as kp, h5py.File(tmp_path / "matches.h5", "r") as mt:
         scene = kp["demo"]
         assert len(scene) == read_stage(result.run_url, "images").num_rows

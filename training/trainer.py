@@ -12,7 +12,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from matchmill.manifests.storage import StorageError, check_writable, exists, read_bytes, remove_tree, url_to_fs
+from matchmill.manifests.storage import (
+    StorageError,
+    check_writable,
+    exists,
+    read_bytes,
+    remove_tree,
+    storage_env,
+    url_to_fs,
+)
 
 from .checkpoints import list_checkpoints, read_best, read_train_marker, write_train_marker
 from .config import config_hash, run_url
@@ -66,11 +74,7 @@ def ray_storage(url: str):
     return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
-#: Environment variables that configure storage access; forwarded to the training workers so that
-#: their own writes (log, best weights) reach the same store as the driver's.
-STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-               "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
-               "GOOGLE_APPLICATION_CREDENTIALS", "FSSPEC_CONFIG_DIR")
+
 
 
 def _init_ray(conf: dict, address: str | None, verbose: bool = False) -> None:
@@ -180,7 +184,7 @@ def run_training(conf: dict, address: str | None = None, echo=print, verbose: bo
     storage_path, storage_fs = ray_storage(url.rsplit("/", 1)[0])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"conf": conf, "run_url": url, "env": {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}},
+        train_loop_config={"conf": conf, "run_url": url, "env": storage_env()},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=int(s["workers"]), use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
