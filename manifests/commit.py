@@ -25,10 +25,10 @@ from .schemas import SCHEMA_VERSION
 from .storage import (
     ManifestError,
     exists,
+    file_sizes,
     join,
     list_files,
     read_bytes,
-    file_sizes,
     read_manifest,
     remove_tree,
     write_bytes_atomic,

@@ -89,9 +89,8 @@ def check_source(conf: dict) -> None:
 def check_scene_cameras(root: Path, pairs_conf: dict) -> None:
     """Refuse, before any work, a scene whose COLMAP model has a camera pair selection cannot use.
 
-    Every scene the run would read (``pairs.scenes`` or each folder under ``root``, minus
-    ``pairs.exclude_scenes``) that has a model in ``<scene>/<pairs.sparse_dir>`` is checked from its
-    cameras file alone (:func:`matchmill.datasets.colmap_scene.check_scene_cameras`).
+    Every scene pair selection will read (:func:`matchmill.datasets.megadepth.list_scenes`) is
+    checked from its cameras file alone (:func:`matchmill.datasets.colmap_scene.check_scene_cameras`).
 
     The whole run stops (ConfigError: exit 2, one line naming the scene, camera id, model and the
     supported list; also for a cameras file that cannot be read) rather than skipping the scene: a fisheye, OpenCV or distorted radial camera
@@ -101,19 +100,15 @@ def check_scene_cameras(root: Path, pairs_conf: dict) -> None:
     (``colmap image_undistorter``) or list it in ``pairs.exclude_scenes``.
     """
     from matchmill.datasets.colmap_scene import check_scene_cameras as check_cameras
-    from matchmill.datasets.colmap_scene import has_colmap_model
+    from matchmill.datasets.megadepth import list_scenes
     from matchmill.pipeline.config import ConfigError
 
-    if not root.is_dir():
-        return  # must_exist / the pairs stage name a missing root
-    excluded = set(pairs_conf.get("exclude_scenes") or [])
-    names = pairs_conf.get("scenes")
-    if names is None:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        names = list_scenes(root, pairs_conf)  # the scenes pair selection will read, each with a model
+    except ValueError:
+        return  # a missing root or a named scene without a model: the pairs stage names it
     for scene in names:
         sparse = root / scene / pairs_conf["sparse_dir"]
-        if scene in excluded or not has_colmap_model(sparse):
-            continue
         try:
             check_cameras(sparse, scene)
         except ValueError as exc:  # an unsupported camera, or an unreadable cameras file

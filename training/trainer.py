@@ -74,9 +74,6 @@ def ray_storage(url: str):
     return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
-
-
-
 def _init_ray(conf: dict, address: str | None, verbose: bool = False) -> None:
     """Start or join Ray; the workers' own output reaches this console only with ``verbose``
     (progress comes from the run's log, see :mod:`.progress`)."""
