@@ -48,8 +48,8 @@ def test_pairs_file_is_read_lazily_with_the_same_rows(tmp_path):
     rows = iter_pairs_file(path, tmp_path)
     assert inspect.isgenerator(rows)
     assert list(rows) == read_pairs_file(path, tmp_path)
-    assert len(read_pairs_file(path, tmp_path)) == 8  # comment and blank line skipped
-    assert read_pairs_file(path, tmp_path)[5]["error"].startswith(f"{path}:8:")  # line numbers kept
+    assert len(read_pairs_file(path, tmp_path)) == 7  # comment, blank line and duplicate skipped
+    assert read_pairs_file(path, tmp_path)[4]["error"].startswith(f"{path}:8:")  # line numbers kept
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 1024])
