@@ -246,10 +246,13 @@ def test_losing_the_worker_node_mid_stage_still_completes_every_row(cluster, cle
     assert _summary(url) == _summary(clean_url)
     nodes = {n["id"]: n for n in cluster.nodes()}
     assert not nodes[worker_id]["alive"], nodes  # the worker really was lost, and stayed lost
-    # the run had a stage actor on the lost node: Ray restarted it on the head
-    assert sum(n["restarts"] for n in nodes.values()) >= 1, nodes
+    # the run had a stage actor on the lost node: Ray restarted it on the head, or (when the head's
+    # actors finished the stage first) Ray Data dropped it with the node, where the table still places it
+    restarts = sum(n["restarts"] for n in nodes.values())
+    clean_on_worker = next(n["stage_actors"] for n in clean_nodes if n["id"] == worker_id)
+    assert restarts >= 1 or nodes[worker_id]["stage_actors"] > clean_on_worker, nodes
     seconds = read_commit(url, "verify").seconds
     clean_seconds = read_commit(clean_url, "verify").seconds
     print(f"\nworker killed with parts written {killed_at}; streamed stages took {seconds:.1f} s "
           f"(clean two-node run {clean_seconds:.1f} s); 40/40 rows in every streamed stage, 0 lost, 0 duplicated; "
-          f"stage actors restarted: {sum(n['restarts'] for n in nodes.values())}")
+          f"stage actors restarted: {restarts}")
