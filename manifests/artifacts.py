@@ -2,6 +2,14 @@
 
 Artifacts are content-addressed by the producing stage's config hash and the image id, so two
 configurations never overwrite each other and a rerun with the same config finds its files.
+
+The header's metadata is one entry, ``matchmill``: sorted JSON of the writer's metadata and
+``crc32`` (``{array name: crc}``). One entry, because safetensors writes a metadata map in hash
+order, which would make the same features differ in bytes between two processes. Each CRC32 is checked
+whenever the array is read: bytes changed at rest raise :class:`ArtifactDamaged` naming the file
+and the array, never silently wrong features. (Artifacts written before that have no checksums and
+are read as before.) A rerun also finds missing or resized artifacts from one listing
+(:func:`matchmill.manifests.commit.check_artifacts`).
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import zlib
 
 import numpy as np
 from safetensors.numpy import load as st_load
@@ -23,15 +32,57 @@ def artifact_url(root_url: str, config_hash: str, image_id: str) -> str:
     return join(root_url, "artifacts", config_hash[:12], digest[:2], f"{digest}.safetensors")
 
 
+class ArtifactDamaged(ValueError):
+    """An artifact's bytes are not those that were written (truncated, or changed at rest)."""
+
+
+#: The one metadata entry (sorted JSON), and its key of the per-array checksums.
+METADATA_KEY = "matchmill"
+CRC_KEY = "crc32"
+
+
+def _crc(data: bytes | np.ndarray) -> int:
+    """CRC32 of an array's stored bytes (C order, as safetensors writes them)."""
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
 def write_artifact(url: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write arrays (any shape, numeric dtype) atomically."""
+    """Write arrays (any shape, numeric dtype) atomically, with each array's CRC32 in the metadata."""
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    write_bytes_atomic(url, st_save(arrays, metadata=metadata))
+    ours = {**(metadata or {}), CRC_KEY: {k: _crc(v) for k, v in arrays.items()}}
+    write_bytes_atomic(url, st_save(arrays, metadata={METADATA_KEY: json.dumps(ours, sort_keys=True)}))
+
+
+def _check_crc(url: str, key: str, data, crcs: dict[str, int]) -> None:
+    if key in crcs and _crc(data) != crcs[key]:
+        raise ArtifactDamaged(f"{url}: array {key!r} fails its CRC32 check (the file changed after it was "
+                              f"written); delete the file and rerun to extract it again")
+
+
+def _crcs(url: str, metadata: dict | None) -> dict[str, int]:
+    try:
+        ours = json.loads((metadata or {}).get(METADATA_KEY, "{}"))
+        return {k: int(v) for k, v in ours.get(CRC_KEY, {}).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ArtifactDamaged(f"{url}: unreadable checksums in the header ({exc})") from exc
 
 
 def read_artifact(url: str) -> dict[str, np.ndarray]:
-    """All arrays of an artifact (single arrays by byte range: :class:`ArtifactReader`)."""
-    return st_load(read_bytes(url))
+    """All arrays of an artifact, each checked against its CRC32 (single arrays by byte range:
+    :class:`ArtifactReader`)."""
+    data = read_bytes(url)
+    try:
+        arrays = st_load(data)
+        (length,) = struct.unpack("<Q", data[:8])
+        metadata = json.loads(data[8:8 + length]).get("__metadata__")
+    except Exception as exc:  # safetensors raises its own error type on a bad header or short data
+        raise ArtifactDamaged(f"{url}: not a readable safetensors artifact ({exc})") from exc
+    crcs = _crcs(url, metadata)
+    for key, array in arrays.items():
+        _check_crc(url, key, array, crcs)
+    return arrays
 
 
 #: safetensors dtype names -> numpy dtypes (the ones our artifacts use, and their neighbours).
@@ -55,11 +106,17 @@ class ArtifactReader:
         self.url = url
         self.fs, self.path = url_to_fs(url)
         with self.fs.open(self.path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
+            head = f.read(8)
+            if len(head) < 8:
+                raise ArtifactDamaged(f"{url}: not a safetensors artifact ({len(head)} bytes)")
+            (length,) = struct.unpack("<Q", head)
             if length > 100_000_000:
-                raise ValueError(f"{url}: not a safetensors artifact (header of {length} bytes)")
-            header = json.loads(f.read(length))
-        header.pop("__metadata__", None)
+                raise ArtifactDamaged(f"{url}: not a safetensors artifact (header of {length} bytes)")
+            try:
+                header = json.loads(f.read(length))
+            except ValueError as exc:
+                raise ArtifactDamaged(f"{url}: unreadable safetensors header ({exc})") from exc
+        self.crcs = _crcs(url, header.pop("__metadata__", None))
         self.header: dict[str, dict] = header
         self.data_start = 8 + length
 
@@ -83,7 +140,8 @@ class ArtifactReader:
             f.seek(self.data_start + begin)
             data = f.read(end - begin)
         if len(data) != end - begin:
-            raise ValueError(f"{self.url}: truncated artifact ({key} has {len(data)} of {end - begin} bytes)")
+            raise ArtifactDamaged(f"{self.url}: truncated artifact ({key} has {len(data)} of {end - begin} bytes)")
+        _check_crc(self.url, key, data, self.crcs)
         return np.frombuffer(data, dtype=dtype).reshape(entry["shape"])
 
     def _entry(self, key: str) -> dict:

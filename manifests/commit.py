@@ -5,11 +5,12 @@ Layout of one stage under a run URL::
     <run>/<stage>/_STARTED.json      config hash of the attempt in progress (written first)
     <run>/<stage>/part-<id>.parquet  complete part files, each published atomically
     <run>/<stage>/_COMMITTED.json    written last: config hash, schema version, rows, code version,
-                                     and the name and size of every part it covers
+                                     the name and size of every part it covers and, for a stage
+                                     whose rows point at tensor artifacts (extract), their sizes
 
 A reader trusts a stage only when ``_COMMITTED.json`` exists and its config hash matches, and a
 rerun trusts its parts only when :func:`check_parts` finds them as committed (same names and
-sizes; with ``deep``, every page's checksum verified).
+sizes, every artifact present at its size; with ``deep``, every page's checksum verified).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .storage import (
     read_bytes,
     read_manifest,
     remove_tree,
+    tree_sizes,
     write_bytes_atomic,
 )
 
@@ -59,6 +61,7 @@ class CommitInfo:
     committed_at: float = field(default_factory=time.time)
     extra: dict = field(default_factory=dict)
     parts: dict = field(default_factory=dict)  # part file name -> bytes, as committed (empty: older markers)
+    artifacts: dict = field(default_factory=dict)  # artifact (relative to the run) -> bytes, for rows with one
 
 
 def stage_url(run_url: str, stage: str) -> str:
@@ -118,6 +121,8 @@ def check_parts(run_url: str, stage: str, manifest: str, commit: CommitInfo, dee
     """
     sizes = file_sizes(stage_url(run_url, stage))
     problems: dict[str, str] = {}
+    for name, problem in check_artifacts(run_url, stage, manifest, commit).items():
+        problems[name] = problem
     if commit.parts:
         for name, size in sorted(commit.parts.items()):
             if name not in sizes:
@@ -135,6 +140,77 @@ def check_parts(run_url: str, stage: str, manifest: str, commit: CommitInfo, dee
                 problems[name] = f"is unreadable: {str(exc).split(': ', 1)[-1]}"
         if not problems and rows != commit.rows:
             problems["(all parts)"] = f"hold {rows} rows where the commit recorded {commit.rows}"
+    return problems
+
+
+#: Column through which a manifest's rows point at their tensor artifact.
+ARTIFACT_COLUMN = "artifact_uri"
+ARTIFACT_SUFFIX = ".safetensors"
+
+
+def _artifact_key(run_url: str, uri: str) -> str:
+    """An artifact's name in a commit marker: relative to the run when it lies inside it."""
+    root = run_url.rstrip("/") + "/"
+    return uri[len(root):] if uri.startswith(root) else uri
+
+
+def _artifact_rows(run_url: str, stage: str, manifest: str) -> dict[str, list[tuple[str, str]]]:
+    """``{part name: [(image id, artifact URI), ...]}`` of the rows that have an artifact (parts
+    that cannot be read are left to :func:`check_parts`)."""
+    from .schemas import MANIFESTS
+
+    schema, key = MANIFESTS[manifest][:2]
+    if ARTIFACT_COLUMN not in schema.names:
+        return {}
+    out: dict[str, list[tuple[str, str]]] = {}
+    for url in part_files(run_url, stage):
+        try:
+            table = read_manifest(url, manifest, [key, ARTIFACT_COLUMN])
+        except ManifestError:
+            continue
+        out[url.rsplit("/", 1)[-1]] = [(k, uri) for k, uri in zip(table.column(key).to_pylist(),
+                                                                   table.column(ARTIFACT_COLUMN).to_pylist()) if uri]
+    return out
+
+
+def _listed_artifacts(uris: set[str]) -> dict[str, int]:
+    """``{artifact URI: bytes}`` of what exists, from one recursive listing per artifact folder
+    (``<run>/artifacts/<hash12>/<xx>/<sha1>.safetensors``: the folder two levels up)."""
+    sizes: dict[str, int] = {}
+    for root in sorted({uri.rsplit("/", 2)[0] for uri in uris}):
+        sizes.update({join(root, rel): size for rel, size in tree_sizes(root, ARTIFACT_SUFFIX).items()})
+    return sizes
+
+
+def artifact_sizes(run_url: str, stage: str, manifest: str) -> dict[str, int]:
+    """``{artifact: bytes}`` of every artifact the stage's rows point at, for its commit marker
+    (empty for a manifest without artifacts)."""
+    uris = {uri for rows in _artifact_rows(run_url, stage, manifest).values() for _, uri in rows}
+    listed = _listed_artifacts(uris) if uris else {}
+    return {_artifact_key(run_url, uri): listed[uri] for uri in sorted(uris) if uri in listed}
+
+
+def check_artifacts(run_url: str, stage: str, manifest: str, commit: CommitInfo) -> dict[str, str]:
+    """``{part name: problem}`` for the parts holding rows whose artifact is missing or no longer
+    has its committed size (one listing; bytes changed in place are caught by each array's CRC32
+    when it is read). Redoing such a part writes its artifacts again."""
+    if not commit.artifacts:
+        return {}
+    root = run_url.rstrip("/") + "/"
+    recorded = {key if "://" in key or key.startswith("/") else root + key: size
+                for key, size in commit.artifacts.items()}
+    listed = _listed_artifacts(set(recorded))
+    bad = {uri: "is missing" if uri not in listed else
+           f"has {listed[uri]} bytes where the commit recorded {size} (truncated or rewritten)"
+           for uri, size in recorded.items() if listed.get(uri) != size}
+    if not bad:
+        return {}
+    problems: dict[str, str] = {}
+    for name, rows in _artifact_rows(run_url, stage, manifest).items():
+        hits = [f"holds {image_id}, whose artifact {_artifact_key(run_url, uri)} {bad[uri]}"
+                for image_id, uri in rows if uri in bad]
+        if hits:
+            problems[name] = hits[0] + (f" (and {len(hits) - 1} more damaged artifacts)" if len(hits) > 1 else "")
     return problems
 
 

@@ -247,6 +247,20 @@ def file_sizes(url: str, suffix: str = ".parquet") -> dict[str, int]:
     return out
 
 
+def tree_sizes(url: str, suffix: str) -> dict[str, int]:
+    """``{path relative to url: bytes}`` of every file below ``url`` (any depth) ending with
+    ``suffix``: one fresh recursive listing (an object store lists a prefix in pages, not per file)."""
+    fs, path = url_to_fs(url)
+    fs.invalidate_cache(path)
+    try:
+        entries = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    root = path.rstrip("/") + "/"
+    return {name[len(root):]: int(entry["size"]) for name, entry in entries.items()
+            if name.startswith(root) and name.endswith(suffix) and entry.get("type", "file") == "file"}
+
+
 def list_files(url: str, suffix: str = ".parquet") -> list[str]:
     """Full URLs of the files directly under ``url`` that end with ``suffix``, sorted."""
     fs, path = url_to_fs(url)

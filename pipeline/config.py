@@ -24,7 +24,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "run_name": "demo",  # run folder under storage; the run URL is <storage>/<run_name>
     "seed": 0,  # seed for pair sampling and the demo scene
     "part_rows": 64,  # rows per Parquet part file written by Ray stages (resume granularity)
-    "integrity": "full",  # rerun check of committed parts: full (sizes + every page's checksum, reads each part once) | sizes (one listing)
+    "integrity": "full",  # rerun check of committed parts: full (sizes + every page's checksum, reads each part once) | sizes (one listing); artifact sizes are checked by either
     "max_failed_fraction": 0.0,  # exit code 1 when a stage's failed rows exceed this fraction (0 = any failure)
     "ray": {
         "address": None,  # None = embedded local Ray; "auto" or ray://host:port joins a cluster

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from matchmill.manifests.commit import (
     COMMIT_MARKER,
     CommitInfo,
+    artifact_sizes,
     check_parts,
     committed_keys,
     part_files,
@@ -351,7 +352,7 @@ def _commit(state: StageState, conf: dict, url: str, seconds: float, execution: 
     if state.problems:
         extra["repaired"] = dict(state.problems)
     write_commit(url, CommitInfo(spec.name, spec.manifest, state.config_hash, rows, failed, seconds=seconds,
-                                 extra=extra, parts=parts))
+                                 extra=extra, parts=parts, artifacts=artifact_sizes(url, spec.name, spec.manifest)))
     return rows, failed
 
 

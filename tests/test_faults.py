@@ -142,6 +142,32 @@ def test_parts_damaged_at_rest_are_detected_redone_and_reported(killed_actor_run
     assert all(r.action == "skipped" for r in rerun.stages)
 
 
+def test_feature_artifacts_lost_or_cut_at_rest_are_extracted_again(killed_actor_run, demo_reference):
+    """Between two runs: one image's feature artifact deleted, another's truncated. The rerun
+    names each, redoes exactly their extract rows (the artifacts come back byte for byte) and
+    leaves the pair stages, which had read them intact, committed."""
+    conf, result, _, _, _ = killed_actor_run
+    rows = read_stage(result.run_url, "extract").to_pylist()
+    (lost, lost_uri), (cut, cut_uri) = ((r["image_id"], r["artifact_uri"]) for r in rows[2:4])
+    lost_path, cut_path = (Path(uri[len("file://"):]) for uri in (lost_uri, cut_uri))
+    original = {p: p.read_bytes() for p in (lost_path, cut_path)}
+    lost_path.unlink()
+    cut_path.write_bytes(original[cut_path][:100])
+    lines: list[str] = []
+    again = run_pipeline(conf, echo=lines.append)
+    notes = [line for line in lines if "removed, its rows are redone" in line]
+    assert len(notes) == 2 and all(line.startswith("matchmill: extract/part-") for line in notes), lines
+    assert any(f"holds {lost}, whose artifact artifacts/" in n and " is missing" in n for n in notes), notes
+    assert any(f"holds {cut}, whose artifact artifacts/" in n and "has 100 bytes where the commit recorded "
+               f"{len(original[cut_path])}" in n for n in notes), notes
+    actions = {r.stage: (r.action, r.computed) for r in again.stages}
+    assert actions["extract"] == ("repaired", 2)  # part_rows=1: the two images, nothing else
+    assert all(actions[s][0] == "skipped" for s in ("pairs", "images", *PAIR_STAGES, "metrics")), actions
+    assert {p: p.read_bytes() for p in original} == original  # same input, same bytes
+    assert len(read_commit(again.run_url, "extract").artifacts) == 14
+    assert_same_results(run_results(again.run_url), demo_reference)
+
+
 # --------------------------------------------------------------------------- a killed driver
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import numpy as np
@@ -10,9 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from matchmill.manifests import schemas
-from matchmill.manifests.artifacts import artifact_url, read_artifact, write_artifact
+from matchmill.manifests.artifacts import ArtifactDamaged, ArtifactReader, artifact_url, read_artifact, write_artifact
 from matchmill.manifests.commit import (
     CommitInfo,
+    artifact_sizes,
+    check_artifacts,
     committed_keys,
     part_name,
     read_commit,
@@ -158,6 +161,55 @@ def test_artifact_round_trip(base_url):
     back = read_artifact(url)
     assert back["desc"].dtype == np.float16
     np.testing.assert_array_equal(back["keypoints"], tensors["keypoints"])
+
+
+def test_a_byte_changed_in_an_artifact_fails_its_array_checksum_and_names_it(tmp_path):
+    url = artifact_url(f"file://{tmp_path}", "f" * 40, "img.png")
+    tensors = {"a": np.arange(64, dtype=np.float32), "b": np.arange(64, dtype=np.int64)}
+    write_artifact(url, tensors)
+    reader = ArtifactReader(url)
+    begin, _ = reader.header["b"]["data_offsets"]
+    path = url[len("file://"):]
+    data = bytearray(open(path, "rb").read())
+    data[reader.data_start + begin + 5] ^= 0x01  # one bit of array "b", size unchanged
+    open(path, "wb").write(bytes(data))
+    reader = ArtifactReader(url)
+    np.testing.assert_array_equal(reader.read("a"), tensors["a"])  # the other array is intact and reads
+    with pytest.raises(ArtifactDamaged, match=r"array 'b' fails its CRC32 check"):
+        reader.read("b")
+    with pytest.raises(ArtifactDamaged, match=r"array 'b' fails its CRC32 check"):
+        read_artifact(url)
+    open(path, "wb").write(bytes(data[:20]))  # cut inside the header
+    with pytest.raises(ArtifactDamaged, match=str(tmp_path)):
+        ArtifactReader(url)
+
+
+def test_commit_records_artifact_sizes_and_the_check_names_the_part_of_a_damaged_one(tmp_path):
+    run = f"file://{tmp_path}/run"
+    rows = []
+    for name in ("a.png", "b.png", "c.png"):
+        url = artifact_url(run, "e" * 40, name)
+        write_artifact(url, {"x": np.full(10, len(rows), np.float32)})
+        rows.append({"image_id": name, "method": "sift", "width": 4, "height": 4, "num_keypoints": 0,
+                     "artifact_uri": url, "seconds": 0.0, "status": "ok", "error": None})
+    rows.append({**rows[0], "image_id": "broken.png", "artifact_uri": None, "status": "failed", "error": "x"})
+    write_manifest(pa.Table.from_pylist(rows[:2]), join(run, "extract", "part-a.parquet"), "extract")
+    write_manifest(pa.Table.from_pylist(rows[2:]), join(run, "extract", "part-b.parquet"), "extract")
+    sizes = artifact_sizes(run, "extract", "extract")
+    assert len(sizes) == 3 and all(key.startswith("artifacts/eeeeeeeeeeee/") for key in sizes)  # relative to the run
+    commit = CommitInfo("extract", "extract", "e" * 40, rows=4, failed=1, artifacts=sizes)
+    write_commit(run, commit)
+    assert read_commit(run, "extract").artifacts == sizes
+    assert check_artifacts(run, "extract", "extract", commit) == {}
+    gone, cut = (rows[i]["artifact_uri"][len("file://"):] for i in (0, 2))
+    os.remove(gone)
+    with open(cut, "r+b") as f:
+        f.truncate(30)
+    problems = check_artifacts(run, "extract", "extract", commit)
+    assert problems.keys() == {"part-a.parquet", "part-b.parquet"}
+    assert problems["part-a.parquet"].startswith("holds a.png, whose artifact artifacts/eeeeeeeeeeee/")
+    assert problems["part-a.parquet"].endswith(" is missing")
+    assert problems["part-b.parquet"].startswith("holds c.png") and "has 30 bytes where the commit recorded" in problems["part-b.parquet"]
 
 
 def test_unwritable_storage_fails_with_one_clear_line(tmp_path):
