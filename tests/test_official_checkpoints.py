@@ -24,7 +24,6 @@ from matchmill.models import official_checkpoints as oc
 from matchmill.models.ncnet import NCNet
 from matchmill.models.patch2pix import DEFAULT_CONF as P2P_CONF
 from matchmill.models.patch2pix import Patch2Pix, cpu_sized as p2p_cpu
-from matchmill.models.pump.convmixer import DEFAULT_CONF as PUMP_CONF
 from matchmill.models.pump.convmixer import PumpConvMixer, cpu_sized as pump_cpu
 from matchmill.models.pump.r2d2 import R2D2Net
 from matchmill.models.resnet import ResNet34Pyramid

@@ -12,7 +12,7 @@ import torch
 from matchmill.pipeline.cli import main
 from matchmill.training.checkpoints import list_checkpoints, read_best
 from matchmill.training.config import load_train_config
-from matchmill.training.trainer import TrainingStopped, run_training
+from matchmill.training.trainer import run_training
 from matchmill.training.train_log import read_log
 
 from .train_fixtures import REPO, demo_pairs_manifest, tiny_overrides
