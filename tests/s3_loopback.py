@@ -16,6 +16,7 @@ counts what it injected.
 from __future__ import annotations
 
 import http.client
+import logging
 import random
 import socket
 import threading
@@ -122,6 +123,7 @@ class LoopbackS3:
         self.proxy: FaultProxy | None = None
 
     def __enter__(self) -> "LoopbackS3":
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request at INFO
         self.server.start()
         host, port = self.server.get_host_and_port()
         self.direct = f"http://{host}:{port}"
