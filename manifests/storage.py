@@ -230,51 +230,48 @@ def open_parquet(f) -> pq.ParquetFile:
     return pq.ParquetFile(f, page_checksum_verification=True)
 
 
-def file_sizes(url: str, suffix: str = ".parquet") -> dict[str, int]:
-    """``{file name: bytes}`` of the files directly under ``url`` ending with ``suffix`` (one fresh
-    listing; hidden names skipped)."""
+def _fresh_listing(url: str, recursive: bool = False) -> tuple[fsspec.AbstractFileSystem, str, list[dict]]:
+    """The filesystem, path and entries (``name``, ``size``, ``type``) of one fresh listing of
+    ``url``: directly under it, or at any depth; none for a missing folder. Object stores cache
+    listings, and other processes may have written since."""
     fs, path = url_to_fs(url)
     fs.invalidate_cache(path)
     try:
-        entries = fs.ls(path, detail=True)
+        entries = list(fs.find(path, detail=True).values()) if recursive else fs.ls(path, detail=True)
     except FileNotFoundError:
-        return {}
-    out = {}
+        return fs, path, []
+    return fs, path, entries
+
+
+def _visible_files(entries: list[dict], suffix: str) -> list[dict]:
+    """The entries that are files ending with ``suffix`` and not hidden."""
+    out = []
     for entry in entries:
         base = posixpath.basename(entry["name"].rstrip("/"))
         if base.endswith(suffix) and not base.startswith(".") and entry.get("type", "file") == "file":
-            out[base] = int(entry["size"])
+            out.append(entry)
     return out
+
+
+def file_sizes(url: str, suffix: str = ".parquet") -> dict[str, int]:
+    """``{file name: bytes}`` of the files directly under ``url`` ending with ``suffix`` (one fresh
+    listing; hidden names skipped)."""
+    _, _, entries = _fresh_listing(url)
+    return {posixpath.basename(e["name"].rstrip("/")): int(e["size"]) for e in _visible_files(entries, suffix)}
 
 
 def tree_sizes(url: str, suffix: str) -> dict[str, int]:
     """``{path relative to url: bytes}`` of every file below ``url`` (any depth) ending with
     ``suffix``: one fresh recursive listing (an object store lists a prefix in pages, not per file)."""
-    fs, path = url_to_fs(url)
-    fs.invalidate_cache(path)
-    try:
-        entries = fs.find(path, detail=True)
-    except FileNotFoundError:
-        return {}
+    _, path, entries = _fresh_listing(url, recursive=True)
     root = path.rstrip("/") + "/"
-    return {name[len(root):]: int(entry["size"]) for name, entry in entries.items()
-            if name.startswith(root) and name.endswith(suffix) and entry.get("type", "file") == "file"}
+    return {e["name"][len(root):]: int(e["size"]) for e in _visible_files(entries, suffix) if e["name"].startswith(root)}
 
 
 def list_files(url: str, suffix: str = ".parquet") -> list[str]:
     """Full URLs of the files directly under ``url`` that end with ``suffix``, sorted."""
-    fs, path = url_to_fs(url)
-    fs.invalidate_cache(path)  # object stores cache listings: other processes may have written since
-    try:
-        names = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        return []
-    out = []
-    for name in names:
-        base = posixpath.basename(name.rstrip("/"))
-        if base.endswith(suffix) and not base.startswith("."):
-            out.append(full_url(fs, name))
-    return sorted(out)
+    fs, _, entries = _fresh_listing(url)
+    return sorted(full_url(fs, e["name"]) for e in _visible_files(entries, suffix))
 
 
 def exists(url: str) -> bool:
