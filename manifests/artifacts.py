@@ -26,10 +26,18 @@ from safetensors.numpy import save as st_save
 from .storage import join, read_bytes, url_to_fs, write_bytes_atomic
 
 
+ARTIFACT_SUFFIX = ".safetensors"
+
+
 def artifact_url(root_url: str, config_hash: str, image_id: str) -> str:
     """``<root>/artifacts/<hash12>/<sha1(image_id)[:2]>/<sha1(image_id)>.safetensors``."""
     digest = hashlib.sha1(image_id.encode()).hexdigest()
-    return join(root_url, "artifacts", config_hash[:12], digest[:2], f"{digest}.safetensors")
+    return join(root_url, "artifacts", config_hash[:12], digest[:2], f"{digest}{ARTIFACT_SUFFIX}")
+
+
+def artifact_folder(url: str) -> str:
+    """The ``<root>/artifacts/<hash12>`` folder of an :func:`artifact_url` (the stage config's own)."""
+    return url.rsplit("/", 2)[0]
 
 
 class ArtifactDamaged(ValueError):

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from .artifacts import ARTIFACT_SUFFIX, artifact_folder
 from .schemas import SCHEMA_VERSION
 from .storage import (
     ManifestError,
@@ -120,9 +121,7 @@ def check_parts(run_url: str, stage: str, manifest: str, commit: CommitInfo, dee
     the size), and the rows of all parts must add up to the committed count.
     """
     sizes = file_sizes(stage_url(run_url, stage))
-    problems: dict[str, str] = {}
-    for name, problem in check_artifacts(run_url, stage, manifest, commit).items():
-        problems[name] = problem
+    problems = check_artifacts(run_url, stage, manifest, commit)  # part problems below take precedence
     if commit.parts:
         for name, size in sorted(commit.parts.items()):
             if name not in sizes:
@@ -145,13 +144,17 @@ def check_parts(run_url: str, stage: str, manifest: str, commit: CommitInfo, dee
 
 #: Column through which a manifest's rows point at their tensor artifact.
 ARTIFACT_COLUMN = "artifact_uri"
-ARTIFACT_SUFFIX = ".safetensors"
 
 
 def _artifact_key(run_url: str, uri: str) -> str:
     """An artifact's name in a commit marker: relative to the run when it lies inside it."""
     root = run_url.rstrip("/") + "/"
     return uri[len(root):] if uri.startswith(root) else uri
+
+
+def _artifact_uri(run_url: str, key: str) -> str:
+    """The URI of an artifact named ``key`` in a commit marker (the inverse of :func:`_artifact_key`)."""
+    return key if "://" in key or key.startswith("/") else join(run_url, key)
 
 
 def _artifact_rows(run_url: str, stage: str, manifest: str) -> dict[str, list[tuple[str, str]]]:
@@ -174,10 +177,9 @@ def _artifact_rows(run_url: str, stage: str, manifest: str) -> dict[str, list[tu
 
 
 def _listed_artifacts(uris: set[str]) -> dict[str, int]:
-    """``{artifact URI: bytes}`` of what exists, from one recursive listing per artifact folder
-    (``<run>/artifacts/<hash12>/<xx>/<sha1>.safetensors``: the folder two levels up)."""
+    """``{artifact URI: bytes}`` of what exists, from one recursive listing per artifact folder."""
     sizes: dict[str, int] = {}
-    for root in sorted({uri.rsplit("/", 2)[0] for uri in uris}):
+    for root in sorted({artifact_folder(uri) for uri in uris}):
         sizes.update({join(root, rel): size for rel, size in tree_sizes(root, ARTIFACT_SUFFIX).items()})
     return sizes
 
@@ -196,9 +198,7 @@ def check_artifacts(run_url: str, stage: str, manifest: str, commit: CommitInfo)
     when it is read). Redoing such a part writes its artifacts again."""
     if not commit.artifacts:
         return {}
-    root = run_url.rstrip("/") + "/"
-    recorded = {key if "://" in key or key.startswith("/") else root + key: size
-                for key, size in commit.artifacts.items()}
+    recorded = {_artifact_uri(run_url, key): size for key, size in commit.artifacts.items()}
     listed = _listed_artifacts(set(recorded))
     bad = {uri: "is missing" if uri not in listed else
            f"has {listed[uri]} bytes where the commit recorded {size} (truncated or rewritten)"

@@ -10,6 +10,7 @@ content does not match the schema.
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 import uuid
 from typing import Iterable
@@ -37,8 +38,6 @@ STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "
 
 def storage_env() -> dict[str, str]:
     """This process's values of :data:`STORAGE_ENV` (only those that are set)."""
-    import os
-
     return {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
 
 

@@ -241,7 +241,7 @@ def export_hloc(
         else:
             kp_table, ids, scores = _append_keypoints(pairs)
         counts = {image: len(k) for image, k in kp_table.items()}
-        sizes = _image_sizes(run_url)
+        sizes = image_sizes(run_url)
     with _local_outputs(out) as (kp_path, m_path):
         if native is not None:
             _write_native_keypoints(kp_path, native, names, offset, convention, attrs)
@@ -282,19 +282,13 @@ def image_name_map(run_url: str, stage: str, pairs: list[_Pair], image_root: str
     return names
 
 
-def _image_sizes(run_url: str) -> dict[str, tuple[int, int]]:
+def image_sizes(run_url: str) -> dict[str, tuple[int, int]]:
     """``{image id: (width, height)}`` from the run's committed extract manifest; {} without one."""
     if read_commit(run_url, "extract") is None:
         return {}
     rows = read_stage(run_url, "extract", columns=["image_id", "status", "width", "height"]).to_pylist()
     return {r["image_id"]: (int(r["width"]), int(r["height"])) for r in rows
             if r["status"] != STATUS_FAILED and r["width"] and r["height"]}
-
-
-def rename_images(run_url: str, stage: str, pairs: list[_Pair], image_root: str) -> list[_Pair]:
-    """``pairs`` with each image named by its path relative to ``image_root``."""
-    names = image_name_map(run_url, stage, pairs, image_root)
-    return [_Pair(p.pair_id, names[p.image0], names[p.image1], p.matches, p.scores) for p in pairs]
 
 
 def write_pairs_txt(out: str, pairs: list[_Pair]) -> None:
@@ -478,8 +472,8 @@ def _write_native_keypoints(path: str, native, names: dict[str, str], offset: fl
     with h5py.File(path, "w", libver="latest") as f:
         f.attrs.update(attrs)
         for image in sorted(native.artifacts, key=lambda i: names[i]):
-            reader = ArtifactReader(native.artifacts[image])
-            kp = reader.read("keypoints").reshape(-1, 2)
+            reader = ArtifactReader(native.artifacts[image])  # scores, descriptors, scale
+            kp = native.keypoints[image]
             grp = f.create_group(names[image])
             data = kp.astype(np.float32) if offset == 0 else (kp.astype(np.float64) + offset).astype(np.float32)
             dset = grp.create_dataset("keypoints", data=data)

@@ -32,7 +32,7 @@ from matchmill.geometry.quantize import quantize_matches
 from matchmill.manifests.commit import read_stage
 from matchmill.manifests.storage import url_to_fs
 
-from .export import ExportError, load_pairs
+from .export import ExportError, image_sizes, load_pairs
 from .export_native import NativeUnavailable, match_native_keypoints
 
 DATABASE_FILE = "database.db"
@@ -84,8 +84,7 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
             paths.setdefault(image, r["path" + side])
             if r["K" + side] is not None:
                 K.setdefault(image, np.asarray(r["K" + side], np.float64).reshape(3, 3))
-    sizes = {r["image_id"]: (r["width"], r["height"]) for r in
-             read_stage(run_url, "extract", columns=["image_id", "width", "height"]).to_pylist()}
+    sizes = image_sizes(run_url)
     root, names = image_names({k: paths[k] for k in keypoints}, image_root)
 
     fs, out_path = url_to_fs(out)
@@ -95,9 +94,9 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
         try:
             image_ids = {}
             for image in sorted(keypoints):
-                if not sizes.get(image) or not all(sizes[image]):
+                if image not in sizes:
                     raise ExportError(f"image {image!r}: its size is not in the extract manifest")
-                w, h = (int(v) for v in sizes[image])
+                w, h = sizes[image]
                 if image in K:
                     k = K[image]
                     camera = pycolmap.Camera(model="PINHOLE", width=w, height=h,
@@ -142,16 +141,13 @@ def _keypoints(run_url: str, pairs: list, radius: float, cell: float, min_score:
                ) -> tuple[dict[str, np.ndarray], list[np.ndarray], str, str]:
     """Per image (N, 2) keypoints and per pair (M, 2) match indices: the native keypoints when
     every end point is one, else the quantised match end points; plus which, and why."""
-    from matchmill.manifests.artifacts import ArtifactReader
-
     try:
         native = match_native_keypoints(run_url, pairs)
     except NativeUnavailable as exc:
         keypoints, ids, _ = quantize_matches([(p.image0, p.image1, p.matches, p.scores) for p in pairs],
                                              radius=radius, cell=max(cell, radius), min_score=min_score)
         return keypoints, ids, "quantized", f"quantised at {radius:g} px: {exc}"
-    keypoints = {image: ArtifactReader(url).read("keypoints").reshape(-1, 2) for image, url in native.artifacts.items()}
-    return keypoints, native.ids, "native", "the extract stage's keypoints"
+    return native.keypoints, native.ids, "native", "the extract stage's keypoints"
 
 
 def _colmap_F(F: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ The coordinates of an exported match therefore always equal the run's match coor
 exactly; only which of several coincident keypoints carries it (and so which descriptor and
 detector score hloc sees) can differ from the matcher's choice, when descriptors cannot tell.
 
-Memory: the packed keys of every exported image (16 bytes per keypoint) are held; descriptors
+Memory: the keypoints and packed keys of every exported image (24 bytes per keypoint) are held; descriptors
 are read only for pairs with ambiguous end points, through the pair stages' byte-bounded
 :class:`~matchmill.stages.feature_store.FeatureStore` cache.
 """
@@ -163,16 +163,22 @@ def recover_indices(
 class NativeKeypoints:
     """The outcome of :func:`match_native_keypoints` for an export.
 
-    ``artifacts``: image id -> artifact URL of every exported image; ``counts``: image id -> N;
-    ``ids``: per exported pair (M, 2) int64 keypoint indices of its kept matches; ``kept``: per pair
-    (M,) bool, which of its input matches were kept; ``sizes``: image id -> (width, height).
+    ``artifacts``: image id -> artifact URL of every exported image; ``keypoints``: image id ->
+    (N, 2) float32 stored keypoints (read once, here); ``ids``: per exported pair (M, 2) int64
+    keypoint indices of its kept matches; ``kept``: per pair (M,) bool, which of its input matches
+    were kept; ``sizes``: image id -> (width, height).
     """
 
     artifacts: dict[str, str]
-    counts: dict[str, int]
+    keypoints: dict[str, np.ndarray]
     sizes: dict[str, tuple[int, int]]
     ids: list[np.ndarray] = field(default_factory=list)
     kept: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """image id -> N, the number of stored keypoints."""
+        return {image: len(kp) for image, kp in self.keypoints.items()}
 
 
 def match_native_keypoints(run_url: str, pairs: Sequence) -> NativeKeypoints:
@@ -208,7 +214,7 @@ def match_native_keypoints(run_url: str, pairs: Sequence) -> NativeKeypoints:
         kp = reader.read("keypoints").reshape(-1, 2)
         indices[image] = _KeyIndex.of(kp)
         out.artifacts[image] = row["artifact_uri"]
-        out.counts[image] = len(kp)
+        out.keypoints[image] = kp
         out.sizes[image] = (int(row["width"]), int(row["height"]))
     # every end point must be a stored keypoint: one vectorised pass before any resolution
     missing = total = bad_pairs = 0
