@@ -109,7 +109,7 @@ def make_sift(c: LoopConf):
 
 def extract(path: str | Path, sift, c: LoopConf) -> tuple[np.ndarray, np.ndarray]:
     """(keypoints (N, 2) float32 in original pixels, RootSIFT descriptors (N, 128) float32 unit L2)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # stored pixels, as COLMAP
     if bgr is None:
         raise FileNotFoundError(f"{path}: cannot read image")
     gray = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), cv2.COLOR_RGB2GRAY)

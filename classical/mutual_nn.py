@@ -15,6 +15,8 @@ class MutualNNMatcher:
         "min_similarity": -1.0,  # drop matches whose cosine similarity is below this
         "chunk": 4096,  # rows of the similarity matrix computed at once (bounds memory)
     }
+    #: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+    conf_bounds = {"ratio": "[0, 1]", "min_similarity": "[-1, 1]", "chunk": ">= 1"}
 
     def __init__(self, conf: dict):
         self.conf = merge_conf(self.default_conf, conf, type(self).__name__)

@@ -21,6 +21,8 @@ class SiftExtractor:
         "n_octave_layers": 3,  # OpenCV nOctaveLayers
         "rootsift": True,  # Hellinger-normalise descriptors (Arandjelovic & Zisserman 2012)
     }
+    #: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+    conf_bounds = {"edge_threshold": "> 0", "n_octave_layers": ">= 1"}
 
     def __init__(self, conf: dict):
         self.conf = merge_conf(self.default_conf, conf, type(self).__name__)

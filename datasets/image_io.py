@@ -16,6 +16,11 @@ Kinds that are read, not refused: 16-bit images (PNG / TIFF) are scaled to 8 bit
 byte (OpenCV's conversion: 65535 -> 255, ``257 * v`` -> ``v`` exactly, never wrapped or clipped);
 greyscale images are replicated to three channels when RGB is asked for (and colour ones
 converted when greyscale is); an alpha channel is dropped.
+
+EXIF orientation is ignored, as COLMAP and pycolmap do: an image is its stored pixels (a JPEG
+tagged "rotate 90" with 320x240 stored pixels is read as 240 rows x 320 columns), so keypoints,
+sizes and exports agree with the database COLMAP builds from the same file. OpenCV's default
+would rotate it; :func:`image_size` (the header) and every decode here use the stored frame.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from matchmill.geometry.frames import resize_max, to_original  # noqa: F401 - frame conversions live in geometry/frames.py
-from matchmill.manifests.storage import read_bytes
+from matchmill.manifests.storage import StorageUnavailable, read_bytes
 
 #: Default pixel limit (w*h) above which an image is refused (decompression-bomb guard).
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -64,7 +69,7 @@ def _read(path: str) -> bytes:
         if _is_dir(path):  # object stores: a "folder" is a prefix, and opening it reads "not found"
             raise ImageError(f"{path}: is a directory, not an image file") from exc
         raise ImageError(f"{path}: file not found") from exc
-    except OSError as exc:
+    except (OSError, StorageUnavailable) as exc:  # storage errors were retried first (read_bytes)
         raise ImageError(f"{path}: cannot read ({exc})") from exc
 
 
@@ -118,7 +123,7 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, grayscale: bool 
     if jpeg_truncated(data):
         raise ImageError(f"{path}: truncated JPEG (no end-of-image marker after the last scan; "
                          f"{len(data)} bytes): the file was cut short")
-    flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
+    flag = (cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if image is None:
         raise ImageError(f"{path}: corrupt or truncated image data")

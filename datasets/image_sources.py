@@ -3,8 +3,9 @@ every image file of a plain folder.
 
 A :class:`SourceImage` carries what the strategies need and nothing else: its id and path, its
 intrinsics and pose when an SfM model knows them, and the ids of the 3D points it observes (for
-the "share fewer than N SfM points" rule of mining). An image whose file is missing keeps its
-place with ``error`` set, so the pair stage can report it as a failed row instead of dropping it.
+the "share fewer than N SfM points" rule of mining). An image whose file is missing, or whose
+name contains ``|`` (the pair-id separator), keeps its place with ``error`` set, so the pair stage
+can report it as a failed row instead of dropping it.
 """
 
 from __future__ import annotations
@@ -70,9 +71,22 @@ def folder_images(root: str | os.PathLike) -> list[SourceImage]:
         if any(part.startswith(".") for part in rel.split("/")) or not rel.lower().endswith(IMAGE_EXTENSIONS):
             continue
         scene = rel.split("/", 1)[0] if "/" in rel else None
-        out.append(SourceImage(rel, scene, os.path.abspath(path) if is_local(fs) else full_url(fs, path)))
+        url = os.path.abspath(path) if is_local(fs) else full_url(fs, path)
+        out.append(SourceImage(rel, scene, url, error=_id_error(rel, url)))
     out.sort(key=lambda im: im.image_id)
     return out
+
+
+def _id_error(image_id: str, path: str) -> str | None:
+    """Why ``image_id`` cannot key an image (a ``|``, the pair-id separator, in the file name), else
+    None: such an image becomes one failed row and pairs with nothing."""
+    from matchmill.manifests.schemas import normalize_image_id
+
+    try:
+        normalize_image_id(image_id)
+    except ValueError as exc:
+        return f"pairs: {path}: {exc}"
+    return None
 
 
 def scene_images(root: str | os.PathLike, scene: str, conf: dict, require_model: bool) -> list[SourceImage]:
@@ -99,17 +113,29 @@ def scene_images(root: str | os.PathLike, scene: str, conf: dict, require_model:
             raise ValueError(
                 f"scene {scene!r}: no COLMAP model in {sparse}; pairs.max_shared_points needs one "
                 "(set pairs.sfm_fallback: true to use retrieval alone for such scenes)")
-        return [SourceImage(f"{scene}/{im.image_id}", scene, im.path) for im in folder_images(images_dir)]
+        return [SourceImage(f"{scene}/{im.image_id}", scene, im.path, error=im.error) for im in folder_images(images_dir)]
     model = read_colmap_scene(sparse)
     out = []
     for im in model.images:
         path = os.path.abspath(images_dir / im.name)
         error = None if os.path.isfile(path) else f"pairs: {path}: file not found (registered in {sparse})"
+        image_id = _normal_or_raw(f"{scene}/{im.name}")
         out.append(SourceImage(
-            f"{scene}/{im.name}", scene, path, K=im.K, cam_from_world=im.cam_from_world,
+            image_id, scene, path, error=error or _id_error(image_id, path), K=im.K, cam_from_world=im.cam_from_world,
             crop=list(crop_to_aspect(im.width, im.height, conf["crop_aspect"])),
-            point_ids=im.point3D_ids, error=error))
+            point_ids=im.point3D_ids))
     return out
+
+
+def _normal_or_raw(image_id: str) -> str:
+    """The normalised id (``scene/./a.jpg`` -> ``scene/a.jpg``), or the id as is when it is refused
+    (:func:`_id_error` then says why)."""
+    from matchmill.manifests.schemas import normalize_image_id
+
+    try:
+        return normalize_image_id(image_id)
+    except ValueError:
+        return image_id
 
 
 def list_scene_folders(root: str | os.PathLike, conf: dict) -> list[str]:

@@ -64,6 +64,16 @@ DEFAULT_CONF: dict[str, Any] = {
     "symmetric": True,  # keep both (i, j) and (j, i); False drops (j, i) once (i, j) is kept
     "seed": 0,  # seed of the visiting order (mixed with the scene name, so scenes are independent)
 }
+#: Bounds of those numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+DEFAULT_BOUNDS: dict[str, str] = {
+    "depth_rel_tol": "> 0",
+    "min_overlap": "[0, 1]",
+    "max_overlap": "> 0",  # above 1 keeps near-duplicates too
+    "pairs_per_bin": ">= 1",
+    "aspect_range": "> 0",
+    "crop_aspect": "> 0",
+    "max_sampson_sq": "> 0",
+}
 
 _NO_DEPTH = np.nan
 

@@ -38,6 +38,15 @@ STRATEGY_DEFAULTS: dict[str, Any] = {
     "loop_every": None,  # sequential: also pair every n-th image with every other n-th one (loop closure); None = off
     "global": None,  # retrieval: overrides of the global descriptor's conf (models/global_descriptor.py)
 }
+#: Bounds of the strategy keys' numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+STRATEGY_BOUNDS: dict[str, str] = {
+    "per_image": ">= 1",
+    "min_similarity": "[-1, 1]",  # cosine similarity
+    "max_shared_points": ">= 1",
+    "whiten": ">= 1",
+    "window": ">= 1",
+    "loop_every": ">= 1",
+}
 STRATEGIES = ("covisibility", "retrieval", "exhaustive", "sequential")
 #: Rows of the similarity matrix computed at a time (memory: block * N floats).
 BLOCK_ROWS = 1024

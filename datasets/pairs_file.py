@@ -16,6 +16,12 @@ the file and the line number, so it stays visible in every later stage. So does 
 (``a a``: an image with itself has no geometry to estimate): a failed row keyed ``a|a``, error
 ``"<path>:<line>: self-pair: ..."``.
 
+Image names are image ids after :func:`~matchmill.manifests.schemas.normalize_image_id`
+(``./a.jpg`` and ``a.jpg`` are one image, so ``./a.jpg a.jpg`` is a self-pair). A name containing
+``|`` (the pair-id separator: ``p.jpg|q.jpg r.jpg`` and ``p.jpg q.jpg|r.jpg`` would share the key
+``p.jpg|q.jpg|r.jpg``) or leaving the images folder (``../x.jpg``) gives a failed row keyed by
+its location ``<path>:<line>``, error ``"<path>:<line>: image name ... contains '|' ..."``.
+
 Pairs are **ordered**: the key is ``image0|image1`` and the ground truth ``T_0to1`` maps camera 0
 to camera 1, so ``b a`` after ``a b`` is another pair (the MegaDepth recipe keeps both on purpose,
 ``pairs.symmetric``). A line repeating an earlier line's pair (same names, same order) is a
@@ -35,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..manifests.schemas import PAIR_FIELDS, STATUS_FAILED, STATUS_OK, make_pair_id
+from ..manifests.schemas import PAIR_FIELDS, STATUS_FAILED, STATUS_OK, make_pair_id, normalize_image_id
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +156,30 @@ def _parse_line(tokens: list[str], images_dir: str, where: str, scene: str | Non
     """One pair row from a tokenised line; failures become failed rows mentioning ``where``."""
     image0 = tokens[0] if tokens else ""
     image1 = tokens[1] if len(tokens) > 1 else ""
+    usable, bad_name = len(tokens) >= 2, None
     path0, path1 = join_path(images_dir, image0), join_path(images_dir, image1)
+    if usable:  # one id per file: ./a.jpg is a.jpg; a '|' would make two pairs one key
+        try:
+            image0 = normalize_image_id(image0)
+            path0 = join_path(images_dir, image0)
+        except ValueError as exc:  # a refused name stays in the error only: no image to extract
+            usable, bad_name, image0, path0 = False, str(exc), "", ""
+        try:
+            image1 = normalize_image_id(image1)
+            path1 = join_path(images_dir, image1)
+        except ValueError as exc:
+            usable, bad_name, image1, path1 = False, bad_name or str(exc), "", ""
 
     def failed(msg: str) -> dict[str, Any]:
         row = pair_row(image0, image1, path0, path1, scene=scene, error=f"{where}: {msg}")
-        if len(tokens) < 2:  # no usable names: key the row by its location instead
+        if not usable:  # no usable names: key the row by its location instead
             row["pair_id"] = where
         return row
 
     if len(tokens) not in _VALID_TOKEN_COUNTS:
         return failed(f"expected {' or '.join(map(str, _VALID_TOKEN_COUNTS))} fields, got {len(tokens)}")
+    if bad_name is not None:
+        return failed(bad_name)
     if image0 == image1:
         return failed(f"self-pair: {image0} is paired with itself (no relative geometry to estimate)")
     K0 = K1 = T = None
@@ -173,6 +193,14 @@ def _parse_line(tokens: list[str], images_dir: str, where: str, scene: str | Non
     except ValueError as exc:
         return failed(str(exc))
     return pair_row(image0, image1, path0, path1, scene=scene, K0=K0, K1=K1, T_0to1=T)
+
+
+def _normal_or_raw(name: str) -> str:
+    """:func:`normalize_image_id` of ``name``, or ``name`` itself when it is refused."""
+    try:
+        return normalize_image_id(name)
+    except ValueError:
+        return name
 
 
 def _scene_of(image0: str) -> str | None:
@@ -204,18 +232,19 @@ def iter_pairs_file(path: str | os.PathLike, images_dir: str | os.PathLike) -> I
     """The rows of :func:`read_pairs_file` one at a time: the file is read line by line, so a
     pairs list of any length costs the caller one row plus the set of keys seen (to drop
     duplicates, each with a warning naming its line and the first one)."""
-    import fsspec
+    from ..manifests.storage import url_to_fs
 
     path = os.fspath(path)
     images_dir = os.fspath(images_dir)
     first_line: dict[str, int] = {}
-    with fsspec.open(path, "rt", encoding="utf-8") as f:
+    fs, inner = url_to_fs(path)  # not fsspec.open: a local name with '::' is not a URL chain
+    with fs.open(inner, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
             tokens = text.split()
-            row = _parse_line(tokens, images_dir, f"{path}:{lineno}", _scene_of(tokens[0]))
+            row = _parse_line(tokens, images_dir, f"{path}:{lineno}", _scene_of(_normal_or_raw(tokens[0])))
             key = row["pair_id"]
             if key in first_line:
                 log.warning("%s:%d: duplicate pair %s (first on line %d); dropped", path, lineno, key, first_line[key])

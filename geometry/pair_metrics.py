@@ -57,12 +57,25 @@ DEFAULT_PAIR_METRICS_CONF: dict[str, float] = {
     "pose_threshold": 0.5,  # OpenCV essential-matrix RANSAC threshold (px), LoFTR protocol
     "pose_confidence": 0.99999,  # OpenCV essential-matrix RANSAC confidence
 }
+#: Bounds of those keys (notation: pipeline/config.py ``parse_bound``), checked with the job's config.
+PAIR_METRICS_BOUNDS: dict[str, str] = {
+    "h_threshold": "> 0",
+    "f_threshold": "> 0",
+    "confidence": "(0, 1)",
+    "h_confidence": "(0, 1)",
+    "max_iters": ">= 1",
+    "ransac_seed": ">= -1",  # -1 = random
+    "pose_threshold": "> 0",
+    "pose_confidence": "(0, 1)",
+}
 
 #: Defaults of ``aggregate_metrics``'s ``conf`` (the metrics section of the pipeline config).
 DEFAULT_AGGREGATE_CONF: dict[str, list[float]] = {
     "pose_thresholds": [5, 10, 20],  # pose AUC thresholds (degrees)
     "homography_thresholds": [1, 3, 5, 10],  # corner-error accuracy / AUC thresholds (px)
 }
+#: Bounds of each threshold in those lists.
+AGGREGATE_BOUNDS: dict[str, str] = {"pose_thresholds": "> 0", "homography_thresholds": "> 0"}
 
 #: Keys returned by ``evaluate_pair`` (all VERIFIED columns).
 METRIC_COLUMNS: tuple[str, ...] = (
@@ -124,19 +137,20 @@ def has_homography_gt(row: Mapping[str, Any]) -> bool:
 
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) of an image from its header; path may be any fsspec URL."""
-    import fsspec
+    from matchmill.manifests.storage import url_to_fs
 
+    fs, inner = url_to_fs(path)  # not fsspec.open: a local name with '::' is not a URL chain
     try:
         from PIL import Image
     except ImportError:  # pillow normally comes with matplotlib; fall back to a full decode
         import cv2
 
-        with fsspec.open(path, "rb") as f:
+        with fs.open(inner, "rb") as f:  # IMREAD_UNCHANGED ignores EXIF orientation: stored pixels
             img = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise ValueError(f"cannot decode image {path}")
         return int(img.shape[1]), int(img.shape[0])
-    with fsspec.open(path, "rb") as f, Image.open(f) as im:
+    with fs.open(inner, "rb") as f, Image.open(f) as im:  # stored size, EXIF orientation ignored
         return int(im.size[0]), int(im.size[1])
 
 

@@ -1,5 +1,8 @@
 """Tensor artifacts: named numpy arrays stored as safetensors files on any fsspec URL.
 
+A manifest references an artifact relative to its run (:func:`artifact_path`), and readers resolve
+it against the run they read (:func:`resolve_artifact`), so a run can be moved or copied.
+
 Artifacts are content-addressed by the producing stage's config hash and the image id, so two
 configurations never overwrite each other and a rerun with the same config finds its files.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import zlib
 
@@ -23,16 +27,52 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from .storage import join, read_bytes, url_to_fs, write_bytes_atomic
+from .storage import join, read_bytes, url_to_fs, with_retries, write_bytes_atomic
 
 
 ARTIFACT_SUFFIX = ".safetensors"
 
 
-def artifact_url(root_url: str, config_hash: str, image_id: str) -> str:
-    """``<root>/artifacts/<hash12>/<sha1(image_id)[:2]>/<sha1(image_id)>.safetensors``."""
+def artifact_path(config_hash: str, image_id: str) -> str:
+    """``artifacts/<hash12>/<sha1(image_id)[:2]>/<sha1(image_id)>.safetensors``: where an artifact
+    lies relative to its run, and what a manifest's ``artifact_uri`` holds (so a run can be moved
+    or copied; :func:`resolve_artifact` finds it again)."""
     digest = hashlib.sha1(image_id.encode()).hexdigest()
-    return join(root_url, "artifacts", config_hash[:12], digest[:2], f"{digest}{ARTIFACT_SUFFIX}")
+    return f"artifacts/{config_hash[:12]}/{digest[:2]}/{digest}{ARTIFACT_SUFFIX}"
+
+
+def artifact_url(root_url: str, config_hash: str, image_id: str) -> str:
+    """``<root>/`` + :func:`artifact_path`."""
+    return join(root_url, artifact_path(config_hash, image_id))
+
+
+#: The run-relative tail of an absolute artifact URI written by an older version.
+_RUN_RELATIVE = re.compile(r"(?:^|/)(artifacts/[^/]+/[^/]+/[^/]+" + re.escape(ARTIFACT_SUFFIX) + r")$")
+
+
+def resolve_artifact(run_url: str, uri: str) -> str:
+    """The URL of the artifact that a row of the run at ``run_url`` references as ``uri``.
+
+    ``uri`` is relative to the run (``artifacts/...``, what extract writes). Older versions wrote
+    absolute URIs; one inside the run is used as is, one outside it (the run was moved or copied
+    since) is read at the same place inside this run, never at the old one: a copy must not read,
+    nor depend on, the original's files. An absolute URI that is not an artifact path raises
+    :class:`ArtifactOutsideRun`."""
+    if "://" not in uri and not uri.startswith("/"):
+        return join(run_url, uri)
+    if uri.startswith(run_url.rstrip("/") + "/"):
+        return uri
+    found = _RUN_RELATIVE.search(uri)
+    if found is None:
+        raise ArtifactOutsideRun(f"artifact {uri} lies outside the run {run_url} and is not an artifact path of "
+                                 f"a run; rerun extract with --overwrite")
+    return join(run_url, found.group(1))
+
+
+def run_relative(run_url: str, uri: str) -> str:
+    """``uri`` as a path relative to the run (the inverse of :func:`resolve_artifact`)."""
+    url = resolve_artifact(run_url, uri)
+    return url[len(run_url.rstrip("/")) + 1:]
 
 
 def artifact_folder(url: str) -> str:
@@ -42,6 +82,10 @@ def artifact_folder(url: str) -> str:
 
 class ArtifactDamaged(ValueError):
     """An artifact's bytes are not those that were written (truncated, or changed at rest)."""
+
+
+class ArtifactOutsideRun(ValueError):
+    """A manifest row references an artifact outside the run that holds it."""
 
 
 #: The one metadata entry (sorted JSON), and its key of the per-array checksums.
@@ -113,6 +157,13 @@ class ArtifactReader:
     def __init__(self, url: str):
         self.url = url
         self.fs, self.path = url_to_fs(url)
+        header, length = with_retries(self._read_header, "read", url, writing=False)
+        self.crcs = _crcs(url, header.pop("__metadata__", None))
+        self.header: dict[str, dict] = header
+        self.data_start = 8 + length
+
+    def _read_header(self) -> tuple[dict, int]:
+        url = self.url
         with self.fs.open(self.path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -121,12 +172,9 @@ class ArtifactReader:
             if length > 100_000_000:
                 raise ArtifactDamaged(f"{url}: not a safetensors artifact (header of {length} bytes)")
             try:
-                header = json.loads(f.read(length))
+                return json.loads(f.read(length)), length
             except ValueError as exc:
                 raise ArtifactDamaged(f"{url}: unreadable safetensors header ({exc})") from exc
-        self.crcs = _crcs(url, header.pop("__metadata__", None))
-        self.header: dict[str, dict] = header
-        self.data_start = 8 + length
 
     def keys(self) -> list[str]:
         return list(self.header)
@@ -144,9 +192,13 @@ class ArtifactReader:
         if dtype is None:
             raise ValueError(f"{self.url}: {key} has unsupported dtype {entry['dtype']}")
         begin, end = entry["data_offsets"]
-        with self.fs.open(self.path, "rb") as f:
-            f.seek(self.data_start + begin)
-            data = f.read(end - begin)
+
+        def read() -> bytes:
+            with self.fs.open(self.path, "rb") as f:
+                f.seek(self.data_start + begin)
+                return f.read(end - begin)
+
+        data = with_retries(read, "read", self.url, writing=False)
         if len(data) != end - begin:
             raise ArtifactDamaged(f"{self.url}: truncated artifact ({key} has {len(data)} of {end - begin} bytes)")
         _check_crc(self.url, key, data, self.crcs)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from .artifacts import ARTIFACT_SUFFIX, artifact_folder
+from .artifacts import ARTIFACT_SUFFIX, artifact_folder, resolve_artifact, run_relative
 from .schemas import SCHEMA_VERSION
 from .storage import (
     ManifestError,
@@ -108,7 +109,17 @@ def reset_stage(run_url: str, stage: str) -> None:
 
 
 def part_files(run_url: str, stage: str) -> list[str]:
-    return list_files(stage_url(run_url, stage))
+    """URLs of a stage's part files: every ``*.parquet`` in its folder while it is uncommitted;
+    once committed, only those its marker's inventory lists (a file dropped in later is never
+    read; ``matchmill status`` names it stray). Markers without an inventory: every file."""
+    files = list_files(stage_url(run_url, stage))
+    try:
+        commit = read_commit(run_url, stage)
+    except ManifestError:
+        return files
+    if commit is None or not commit.parts:
+        return files
+    return [url for url in files if url.rsplit("/", 1)[-1] in commit.parts]
 
 
 def check_parts(run_url: str, stage: str, manifest: str, commit: CommitInfo, deep: bool = True) -> dict[str, str]:
@@ -147,14 +158,13 @@ ARTIFACT_COLUMN = "artifact_uri"
 
 
 def _artifact_key(run_url: str, uri: str) -> str:
-    """An artifact's name in a commit marker: relative to the run when it lies inside it."""
-    root = run_url.rstrip("/") + "/"
-    return uri[len(root):] if uri.startswith(root) else uri
+    """An artifact's name in a commit marker: relative to the run (see :func:`run_relative`)."""
+    return run_relative(run_url, uri)
 
 
 def _artifact_uri(run_url: str, key: str) -> str:
-    """The URI of an artifact named ``key`` in a commit marker (the inverse of :func:`_artifact_key`)."""
-    return key if "://" in key or key.startswith("/") else join(run_url, key)
+    """The URL of an artifact named ``key`` in a commit marker (the inverse of :func:`_artifact_key`)."""
+    return resolve_artifact(run_url, key)
 
 
 def _artifact_rows(run_url: str, stage: str, manifest: str) -> dict[str, list[tuple[str, str]]]:
@@ -171,8 +181,8 @@ def _artifact_rows(run_url: str, stage: str, manifest: str) -> dict[str, list[tu
             table = read_manifest(url, manifest, [key, ARTIFACT_COLUMN])
         except ManifestError:
             continue
-        out[url.rsplit("/", 1)[-1]] = [(k, uri) for k, uri in zip(table.column(key).to_pylist(),
-                                                                   table.column(ARTIFACT_COLUMN).to_pylist()) if uri]
+        out[url.rsplit("/", 1)[-1]] = [(k, resolve_artifact(run_url, uri)) for k, uri in zip(
+            table.column(key).to_pylist(), table.column(ARTIFACT_COLUMN).to_pylist()) if uri]
     return out
 
 
@@ -214,6 +224,44 @@ def check_artifacts(run_url: str, stage: str, manifest: str, commit: CommitInfo)
     return problems
 
 
+#: What :func:`storage_failed_parts` says of such a part (the runner recognises its repairs by it).
+STORAGE_FAILED = "failed by a storage error, not by its data"
+#: errno values of storage failing (EPERM, EIO, EAGAIN, EACCES, EBUSY, ENOSPC, EROFS, EPIPE,
+#: ECONNRESET, ETIMEDOUT, ECONNREFUSED, EDQUOT), as the error texts of older versions name them.
+_STORAGE_ERRNOS = {1, 5, 11, 13, 16, 28, 30, 32, 104, 110, 111, 122}
+_STORAGE_ERROR_TEXT = re.compile(r"\b(?:OSError|IOError|PermissionError|ConnectionResetError|ConnectionError|"
+                                 r"BrokenPipeError|TimeoutError): \[Errno (\d+)\]")
+
+
+def is_storage_failure(error: str | None) -> bool:
+    """Whether a failed row's error text is the storage failing (``extract: OSError: [Errno 28] No
+    space left on device``, or a pair row that inherited it) rather than its data."""
+    return any(int(m.group(1)) in _STORAGE_ERRNOS for m in _STORAGE_ERROR_TEXT.finditer(error or ""))
+
+
+def storage_failed_parts(run_url: str, stage: str, manifest: str, commit: CommitInfo) -> dict[str, str]:
+    """``{part name: problem}`` for the parts holding rows that an older version committed as
+    failed because storage failed (the current one stops the stage instead): redoing those parts
+    retries them. Reads the parts' status and error columns only when the commit counts failures."""
+    from .schemas import MANIFESTS, STATUS_FAILED
+
+    schema, key = MANIFESTS[manifest][:2]
+    if not commit.failed or "error" not in schema.names:
+        return {}
+    problems: dict[str, str] = {}
+    for url in part_files(run_url, stage):
+        try:
+            table = read_manifest(url, manifest, [key, "status", "error"]).to_pydict()
+        except ManifestError:
+            continue  # left to check_parts
+        hits = [(k, e) for k, status, e in zip(table[key], table["status"], table["error"])
+                if status == STATUS_FAILED and is_storage_failure(e)]
+        if hits:
+            more = f" (and {len(hits) - 1} more such rows)" if len(hits) > 1 else ""
+            problems[url.rsplit("/", 1)[-1]] = f"holds {hits[0][0]}, {STORAGE_FAILED} ({hits[0][1]}){more}"
+    return problems
+
+
 def remove_parts(run_url: str, stage: str, names: list[str]) -> None:
     """Delete the named part files of a stage (those :func:`check_parts` found wrong)."""
     for name in names:
@@ -226,6 +274,38 @@ def part_name(keys: list[str]) -> str:
     """Deterministic part file name from the keys it holds (a retried batch overwrites itself)."""
     digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:20]
     return f"part-{digest}.parquet"
+
+
+#: Names of the parts matchmill writes: :func:`part_name` (Ray stages) and ``part-00000.parquet``
+#: (driver stages, numbered). Anything else in a stage folder was put there by someone else.
+PART_NAME = re.compile(r"part-(?:[0-9a-f]{20}|[0-9]{5,})\.parquet")
+
+#: Parquet key-value metadata stamped into every part: the stage and the config hash it was
+#: computed under (a resumed stage refuses parts of another config, see runner.check_stage_folders).
+STAMP_STAGE = "matchmill.stage"
+STAMP_CONFIG = "matchmill.config_hash"
+
+
+def is_part_name(name: str) -> bool:
+    """Whether a file name (no folder) is one matchmill gives its parts."""
+    return PART_NAME.fullmatch(name) is not None
+
+
+def part_stamp(stage: str, config_hash: str) -> dict[str, str]:
+    """The key-value metadata written into a stage's parts (:func:`storage.write_manifest`)."""
+    return {STAMP_STAGE: stage, STAMP_CONFIG: config_hash}
+
+
+def read_part_stamp(url: str) -> dict[str, str]:
+    """The stamp of a part (``{}`` for parts written before stamps existed), from its footer only."""
+    import pyarrow.parquet as pq
+
+    from .storage import url_to_fs
+
+    fs, path = url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        meta = pq.read_metadata(f).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if k.decode() in (STAMP_STAGE, STAMP_CONFIG)}
 
 
 def read_stage(run_url: str, stage: str, manifest: str | None = None, columns: list[str] | None = None) -> pa.Table:

@@ -76,7 +76,7 @@ FEATURES = pa.schema(
         pa.field("width", pa.int32()),  # original image width (pixels)
         pa.field("height", pa.int32()),  # original image height
         pa.field("num_keypoints", pa.int32()),  # 0 for purely dense methods
-        pa.field("artifact_uri", pa.string()),  # safetensors file with the tensors
+        pa.field("artifact_uri", pa.string()),  # safetensors file with the tensors, relative to the run (older: absolute)
         pa.field("seconds", pa.float64()),  # compute time of the extractor call
     ]
     + STATUS_FIELDS,
@@ -163,6 +163,33 @@ MANIFESTS: dict[str, tuple[pa.Schema, str]] = {
 }
 
 
+#: Joins the two image ids of a pair id; no image id may contain it (:func:`normalize_image_id`).
+PAIR_SEPARATOR = "|"
+
+
 def make_pair_id(image0: str, image1: str) -> str:
-    """Stable pair key from two image ids."""
-    return f"{image0}|{image1}"
+    """Stable pair key from two image ids (``image0|image1``)."""
+    return f"{image0}{PAIR_SEPARATOR}{image1}"
+
+
+def normalize_image_id(name: str) -> str:
+    """The one id of an image named ``name`` (a '/'-separated path relative to its source's root):
+    ``posixpath.normpath`` of it, so ``./a.jpg``, ``a.jpg`` and ``b/../a.jpg`` are one image.
+
+    Backslashes are kept (a legal character of a POSIX file name); absolute names stay absolute.
+
+    Raises:
+        ValueError: ``name`` is empty, contains the pair-id separator ``|`` (``p.jpg|q.jpg`` +
+            ``r.jpg`` and ``p.jpg`` + ``q.jpg|r.jpg`` would be one pair), or leaves its root
+            (``../x.jpg``).
+    """
+    import posixpath
+
+    if PAIR_SEPARATOR in name:
+        raise ValueError(f"image name {name!r} contains {PAIR_SEPARATOR!r}, the pair-id separator; rename the file")
+    normal = posixpath.normpath(name) if name else ""
+    if normal in ("", "."):
+        raise ValueError(f"empty image name {name!r}")
+    if normal == ".." or normal.startswith("../"):
+        raise ValueError(f"image name {name!r} leaves the images folder (..); give names relative to it")
+    return normal

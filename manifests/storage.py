@@ -5,13 +5,19 @@ manifest never drifts) and publishes the file atomically: on local file systems 
 under a temporary name and renamed; on object stores a single PUT is already atomic.
 Every read goes through :func:`read_manifest`, which names the file and the column when the
 content does not match the schema.
+
+Storage failing (disk full, read-only, access denied, I/O and connection errors) is retried
+(:func:`with_retries`) and then raises :class:`StorageUnavailable`, which stops a stage
+uncommitted; it is never taken for bad data (a row error, or a part to redo).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import posixpath
+import time
 import uuid
 from typing import Iterable
 
@@ -56,8 +62,96 @@ class StorageError(RuntimeError):
     """A storage URL cannot be used (unreachable, missing bucket, not writable)."""
 
 
+class StorageUnavailable(StorageError):
+    """Reading or writing the run's storage failed, and kept failing over :data:`STORAGE_TRIES`
+    tries (disk full, read-only, access denied, I/O error, connection reset...).
+
+    Not a row's fault: the per-row error capture (stages/rows.py) lets it through, so the stage
+    stops uncommitted (a rerun resumes it) instead of committing rows as failed. ``stage`` is set
+    by the driver once it knows which stage stopped."""
+
+    stage: str | None = None
+
+
+#: Tries of one storage operation before :class:`StorageUnavailable`, and the waits between
+#: them (seconds; the last one repeats). Module constants: tests shorten them.
+STORAGE_TRIES = 3
+STORAGE_BACKOFF_S = (0.5, 1.0, 2.0)
+
+#: Modules whose exceptions are transport failures (network, HTTP, object-store clients).
+_TRANSPORT_MODULES = ("aiohttp", "botocore", "aiobotocore", "urllib3", "requests", "google.auth", "google.api_core",
+                      "azure.core")
+#: Read errors that mean "no such file" rather than "storage failing": not retried.
+_MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def is_storage_error(exc: BaseException, writing: bool) -> bool:
+    """Whether ``exc``, raised by a storage operation, is the storage failing (retried, then
+    :class:`StorageUnavailable`) rather than the data (a missing file on read, bytes that do
+    not decode: left to the caller, as before).
+
+    Writing, every OSError is storage failing: a write is never the row's fault. Reading, an
+    OSError with an errno (EIO, EACCES, ECONNRESET...), a permission, connection or timeout
+    error, but not a missing file, nor pyarrow's decode errors (an OSError without errno)."""
+    if isinstance(exc, StorageUnavailable):
+        return False
+    if isinstance(exc, OSError):
+        if writing:
+            return True
+        if isinstance(exc, _MISSING) or exc.errno == errno.ENOENT:
+            return False
+        return exc.errno is not None or isinstance(exc, (PermissionError, ConnectionError, TimeoutError))
+    module = type(exc).__module__ or ""
+    return any(module == m or module.startswith(m + ".") for m in _TRANSPORT_MODULES)
+
+
+def with_retries(op, action: str, url: str, writing: bool):
+    """``op()``, tried again after a storage error (:func:`is_storage_error`) up to
+    :data:`STORAGE_TRIES` times in all; raises :class:`StorageUnavailable` naming ``action`` and
+    ``url`` when the error persists. Other exceptions pass through at once."""
+    for attempt in range(STORAGE_TRIES):
+        try:
+            return op()
+        except Exception as exc:  # noqa: BLE001 - classified below; others re-raised as they are
+            if not is_storage_error(exc, writing):
+                raise
+            if attempt + 1 >= STORAGE_TRIES:
+                raise StorageUnavailable(f"could not {action} {url}: {' '.join(_describe(exc).split())} "
+                                         f"(after {STORAGE_TRIES} tries)") from exc
+            time.sleep(STORAGE_BACKOFF_S[min(attempt, len(STORAGE_BACKOFF_S) - 1)])
+    raise AssertionError("unreachable")
+
+
+def _describe(exc: BaseException) -> str:
+    """``[Errno 28] No space left on device`` (the OS's words), else ``Type: message``."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def local_path_of(url: str) -> str | None:
+    """The local path that ``url`` names (a bare path, ``file://`` or ``local://``), else None.
+
+    fsspec reads ``::`` anywhere in a URL as a chain of file systems (``simplecache::s3://...``),
+    so a local file named ``col::on.jpg`` would be looked up as ``col``. A local path is a chain
+    only when its first ``::`` segment is a known protocol (``simplecache::/data/x``)."""
+    for prefix in ("file://", "local://"):
+        if url.startswith(prefix):
+            return url[len(prefix):] or "/"
+    if "://" in url:
+        return None
+    if "::" in url and url.split("::", 1)[0] in fsspec.available_protocols():
+        return None
+    return url
+
+
 def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Split a URL into an fsspec file system and a path on it."""
+    """Split a URL into an fsspec file system and a path on it (local paths are never read as
+    fsspec chains: see :func:`local_path_of`)."""
+    local = local_path_of(str(url))
+    if local is not None:
+        fs = fsspec.filesystem("file")
+        return fs, fs._strip_protocol(local)
     try:
         fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:
@@ -115,25 +209,45 @@ def check_writable(url: str) -> None:
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Publish ``data`` at ``url`` so that readers see either nothing or the whole file."""
+    """Publish ``data`` at ``url`` so that readers see either nothing or the whole file.
+
+    Storage errors are retried; :class:`StorageUnavailable` when they persist. A failed try
+    leaves no ``.tmp-*`` file behind."""
     fs, path = url_to_fs(url)
+    with_retries(lambda: _write_once(fs, path, data), "write", url, writing=True)
+
+
+def _write_once(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     parent = posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    if is_local(fs):
-        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    if not is_local(fs):
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    try:
         with fs.open(tmp, "wb") as f:
             f.write(data)
         fs.mv(tmp, path)
-    else:
-        with fs.open(path, "wb") as f:
-            f.write(data)
+    except BaseException:
+        try:  # a full disk still lets a file be removed
+            fs.rm(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def read_bytes(url: str) -> bytes:
+    """The bytes of ``url``; storage errors retried (:func:`with_retries`); a missing file
+    raises FileNotFoundError at once."""
     fs, path = url_to_fs(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
+
+    def read() -> bytes:
+        with fs.open(path, "rb") as f:
+            return f.read()
+
+    return with_retries(read, "read", url, writing=False)
 
 
 def conform(table: pa.Table, schema: pa.Schema, where: str = "table") -> pa.Table:
@@ -188,10 +302,13 @@ def schema_of(manifest: str) -> pa.Schema:
         raise ManifestError(f"unknown manifest {manifest!r}; known: {sorted(MANIFESTS)}") from exc
 
 
-def write_manifest(table: pa.Table, url: str, manifest: str) -> int:
-    """Write ``table`` as one Parquet file at ``url`` after validating it; returns bytes written."""
+def write_manifest(table: pa.Table, url: str, manifest: str, metadata: dict[str, str] | None = None) -> int:
+    """Write ``table`` as one Parquet file at ``url`` after validating it; returns bytes written.
+    ``metadata``: key-value pairs for the file's footer (a stage part's stamp: commit.part_stamp)."""
     schema = schema_of(manifest)
     table = conform(table, schema, where=url)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     buf = io.BytesIO()
     # page checksums (CRC32 per data page): a part corrupted at rest fails its next read instead of
     # feeding wrong rows downstream (see :func:`open_parquet`)
@@ -211,11 +328,15 @@ def read_manifest(url: str, manifest: str, columns: Iterable[str] | None = None)
             raise ManifestError(f"{url}: {manifest} manifest has no column(s) {unknown}")
         schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
     fs, path = url_to_fs(url)
-    try:
+
+    def read() -> pa.Table:
         with fs.open(path, "rb") as f:
             pf = open_parquet(f)
             present = [c for c in (columns or []) if c in pf.schema_arrow.names]
-            table = pf.read(columns=present if columns is not None else None)
+            return pf.read(columns=present if columns is not None else None)
+
+    try:  # storage errors are retried, then StorageUnavailable (never "an unreadable part")
+        table = with_retries(read, "read", url, writing=False)
     except FileNotFoundError as exc:
         raise ManifestError(f"{url}: file not found") from exc
     except (pa.ArrowInvalid, OSError) as exc:
@@ -234,9 +355,13 @@ def _fresh_listing(url: str, recursive: bool = False) -> tuple[fsspec.AbstractFi
     ``url``: directly under it, or at any depth; none for a missing folder. Object stores cache
     listings, and other processes may have written since."""
     fs, path = url_to_fs(url)
-    fs.invalidate_cache(path)
+
+    def listing() -> list[dict]:
+        fs.invalidate_cache(path)
+        return list(fs.find(path, detail=True).values()) if recursive else fs.ls(path, detail=True)
+
     try:
-        entries = list(fs.find(path, detail=True).values()) if recursive else fs.ls(path, detail=True)
+        entries = with_retries(listing, "list", url, writing=False)
     except FileNotFoundError:
         return fs, path, []
     return fs, path, entries
@@ -275,8 +400,12 @@ def list_files(url: str, suffix: str = ".parquet") -> list[str]:
 
 def exists(url: str) -> bool:
     fs, path = url_to_fs(url)
-    fs.invalidate_cache(path)  # never trust a listing cached before another process wrote
-    return fs.exists(path)
+
+    def check() -> bool:
+        fs.invalidate_cache(path)  # never trust a listing cached before another process wrote
+        return fs.exists(path)
+
+    return with_retries(check, "check", url, writing=False)
 
 
 def remove_tree(url: str) -> None:

@@ -3,7 +3,12 @@
 Exit codes of ``run``: 0 done; 1 done, but a stage's failed rows exceed ``max_failed_fraction``
 (default 0: any failed row; the rows are kept, ``matchmill show RUN STAGE --failed`` lists them);
 2 config, storage or data-source problem, or committed results of another config in the way
-(stopped before any work; ``--overwrite`` replaces them).
+(stopped before any work; ``--overwrite`` replaces them); 3 stopped by a storage error that
+persisted over retries (disk full, read-only, access denied, I/O or connection errors): the
+stage in progress was not committed and no row was marked failed for it, so a rerun resumes.
+Also 2: the run is in use by another writer (its lease, manifests/lease.py), or the run's stage
+folders hold files it did not write (pipeline/stray.py); 130 / 143: stopped by Ctrl-C / SIGTERM,
+one line, nothing committed is lost (a rerun resumes).
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
-from matchmill.manifests.storage import ManifestError, StorageError
+from matchmill.manifests.storage import ManifestError, StorageError, StorageUnavailable
 
-from .config import ConfigError, load_config
+from .config import ConfigError, check_unique_overrides, load_config
 
 # Modules that add their own subcommands: each has ``register(subparsers)`` which adds parsers and
 # sets ``func=<callable(args) -> int>`` as the parser default. One line per module.
@@ -75,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--cell", type=int, default=48, help="quantisation grid cell (px)")
     export.add_argument("--coordinates", choices=("hloc", "colmap"), default="hloc",
                         help="hloc: pixel centres at integers (hloc adds 0.5 itself); colmap: +0.5")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an export of another run or format in OUT (never files that are not an export's)")
 
     compare = sub.add_parser("compare", help="metrics of several runs side by side (e.g. the demo's SIFT and learned runs)")
     compare.add_argument("run_urls", nargs="+")
@@ -112,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command in ("run", "mine"):
+        catch_interrupts()
     try:
+        check_unique_overrides(getattr(args, "overrides", None) or [])
         if args.command == "run":
             return cmd_run(args)
         if args.command == "mine":
@@ -134,10 +145,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if getattr(args, "func", None) is not None:
             return int(args.func(args))
+    except StorageUnavailable as exc:
+        print(f"matchmill: error: {storage_stop_message(exc)}", file=sys.stderr)
+        return 3
     except (ConfigError, StorageError, ManifestError, FileNotFoundError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"matchmill: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        if args.command not in ("run", "mine"):
+            raise
+        print(INTERRUPTED, file=sys.stderr)
+        return 143 if getattr(exc, "signum", None) == signal.SIGTERM else 130
+    except SystemExit as exc:  # SIGTERM while ray.init runs meets Ray's own handler: sys.exit(15)
+        if args.command not in ("run", "mine") or exc.code != signal.SIGTERM:
+            raise
+        print(INTERRUPTED, file=sys.stderr)
+        return 143
     except Exception as exc:  # noqa: BLE001 - resource errors etc.: one line, not a traceback
         from .runtime import ResourceError
 
@@ -146,6 +170,44 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     return 1
+
+
+def storage_stop_message(exc: StorageUnavailable) -> str:
+    """The one line of exit code 3."""
+    what = f"stage{'s' if ',' in exc.stage else ''} {exc.stage}" if exc.stage else "the stage in progress"
+    return (f"storage: {exc}; nothing of {what} was committed; free space or fix access, "
+            "then rerun to resume")
+
+
+#: What ``run`` / ``mine`` print when stopped by Ctrl-C (exit 130) or SIGTERM (exit 143).
+INTERRUPTED = "matchmill: interrupted; rerun the same command to resume (committed stages and complete parts are kept)"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM received by ``run`` / ``mine``: raised in the main thread, so the run's
+    ``finally`` blocks release its lease and stop the Ray it started (runner.run_pipeline)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def catch_interrupts() -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted` (one line and exit 130 / 143 in :func:`main`).
+
+    Native libraries replace a process's SIGTERM handler with a stack dump: pycolmap's glog when
+    imported (so it is imported first, here) and Ray's core worker in ``ray.init`` (undone by
+    runtime.init_ray, which puts these handlers back)."""
+    try:
+        import pycolmap  # noqa: F401 - for its import-time signal handler, see above
+    except ImportError:
+        pass
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_interrupted)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -226,7 +288,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .export_colmap import export_colmap
 
         summary = export_colmap(args.run_url, args.out, image_root=args.image_root, stage=args.stage,
-                                radius=args.radius, cell=args.cell, min_score=args.min_score)
+                                radius=args.radius, cell=args.cell, min_score=args.min_score,
+                                overwrite=args.overwrite)
         note = summary.pop("note")
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
         print(f"keypoints: {note}")
@@ -244,6 +307,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         coordinates=args.coordinates,
         image_root=args.image_root,
         keypoints=args.keypoints,
+        overwrite=args.overwrite,
     )
     note = summary.pop("note")
     print(" ".join(f"{k}={v}" for k, v in summary.items()))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,20 @@ JOB_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Bounds of the job's own numeric keys (dotted); every other numeric key must be >= 0 (see
+#: :func:`check_bounds` for the notation and the rule).
+JOB_BOUNDS: dict[str, str] = {
+    "part_rows": ">= 1",
+    "max_failed_fraction": "[0, 1]",
+    "ray.num_cpus": "> 0",
+    "data.max_image_pixels": ">= 1",
+    "data.demo_num_cameras": ">= 2",  # a pair needs two views
+    "data.demo_width": ">= 16",  # the renderer's smallest image
+    "data.demo_height": ">= 16",
+    "data.demo_sfm_groups": ">= 1",
+}
+
+
 def method_sections() -> tuple[str, ...]:
     """Stages whose section has a ``method`` key (extract, propose, refine)."""
     return tuple(s.name for s in STAGES if s.has_method)
@@ -65,6 +81,37 @@ def default_config() -> dict:
     return conf
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML document gives one key twice; the message names the key and both lines."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one
+    without a word). Every job file and override value is read with it (:func:`load_yaml`); keys
+    merged in with ``<<: *anchor`` may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(f"key {key!r} given twice (lines {seen[key]} and {line})")
+                    seen[key] = line
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader refuses it itself
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with :class:`StrictLoader`: a duplicate mapping key is a ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"refine.confidence=0.5"`` -> (["refine", "confidence"], 0.5), values parsed as YAML."""
     if "=" not in text:
@@ -73,9 +120,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = load_yaml(raw) if raw != "" else None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"override {text!r}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({_one_line(exc)})") from exc
     return key.split("."), value
 
 
@@ -106,15 +155,37 @@ def read_user_config(path: str | Path | None, overrides: list[str] = ()) -> dict
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            user = yaml.safe_load(path.read_text()) or {}
+            user = load_yaml(path.read_text())
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r}: invalid YAML ({exc})") from exc
+            raise ConfigError(f"config file {str(path)!r}: invalid YAML ({_one_line(exc)})") from exc
+        if user is None:  # nothing but blanks and comments: never run the defaults (the demo) instead
+            raise ConfigError(f"config file {str(path)!r} is empty: write the job's keys (see configs/demo.yaml)")
         if not isinstance(user, dict):
             raise ConfigError(f"config file {str(path)!r}: top level must be a mapping")
-    for text in overrides:
+    for text in overrides:  # in order: a program may layer its own keys (the last one wins)
         keys, value = parse_override(text)
         set_dotted(user, keys, value)
     return user
+
+
+def check_unique_overrides(overrides: list[str]) -> None:
+    """Refuse a key given twice among the dotted overrides a person typed (``a.b=1 ... a.b=2``):
+    one of them is a mistake, and which one wins is not obvious. The command line calls this; a
+    program composing override lists (defaults, then its caller's) may repeat keys on purpose."""
+    given: dict[str, str] = {}
+    for text in overrides:
+        if "=" not in text:
+            continue  # parse_override names it
+        key = text.split("=", 1)[0].strip()
+        if key in given:
+            raise ConfigError(f"{key}: given twice on the command line ({given[key]!r} and {text!r}); give it once")
+        given[key] = text
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
@@ -249,22 +320,157 @@ def _check_values(conf: dict) -> None:
         raise ConfigError(f"integrity: must be full or sizes, got {conf['integrity']!r}")
     if conf["part_rows"] < 1:
         raise ConfigError(f"part_rows: must be >= 1, got {conf['part_rows']}")
-    if "/" in conf["run_name"].strip("/") or not conf["run_name"].strip():
-        raise ConfigError(f"run_name: {conf['run_name']!r} must be a single non-empty folder name")
-    _check_storage_url(str(conf["storage"]))
+    check_run_name(conf["run_name"])
+    check_storage_url(conf["storage"])
+    _check_bounds(conf)
     _check_weights(conf)
+
+
+#: The bound of a numeric key that declares none: counts, sizes, thresholds and seeds are never negative.
+DEFAULT_BOUND = ">= 0"
+_INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])$")
+_COMPARISON = re.compile(r"^(>=|>|<=|<)\s*(\S+)$")
+
+
+def parse_bound(text: str) -> tuple[float, float, bool, bool]:
+    """``"(0, 1]"`` -> (0, 1, False, True): low, high, low included, high included.
+
+    Notation: an interval ``[a, b]``, ``(a, b]``, ``[a, b)``, ``(a, b)`` (``inf`` allowed) or a
+    comparison ``> a``, ``>= a``, ``< b``, ``<= b``."""
+    text = text.strip()
+    m = _INTERVAL.match(text)
+    if m:
+        return float(m.group(2)), float(m.group(3)), m.group(1) == "[", m.group(4) == "]"
+    m = _COMPARISON.match(text)
+    if not m:
+        raise ValueError(f"bad bound {text!r}: expected e.g. '[0, 1]', '(0, inf)', '>= 1'")
+    op, x = m.group(1), float(m.group(2))
+    if op.startswith(">"):
+        return x, math.inf, op == ">=", False
+    return -math.inf, x, False, op == "<="
+
+
+def _within(value: float, bound: str) -> bool:
+    lo, hi, lo_in, hi_in = parse_bound(bound)
+    return (lo < value or lo_in and value == lo) and (value < hi or hi_in and value == hi)
+
+
+def check_bounds(values: dict, bounds: dict[str, str], prefix: str) -> None:
+    """Every number of ``values`` (and every number in a list value) within its key's bound.
+
+    A key without a declared bound takes :data:`DEFAULT_BOUND` (``>= 0``); ``None`` (a key's "off"
+    or "auto") and non-numbers are left to the type and value checks. A number must be finite.
+    Bounds are declared next to the defaults they belong to: :data:`JOB_BOUNDS`,
+    ``EXECUTION_BOUNDS`` (pipeline/graph.py), each stage module's ``STAGE_BOUNDS`` and each method
+    class's ``conf_bounds`` beside its ``default_conf``."""
+    for key, value in values.items():
+        bound = bounds.get(key, DEFAULT_BOUND)
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            where = f"{prefix}{key}" + (f"[{i}]" if i is not None else "")
+            if not math.isfinite(item):
+                raise ConfigError(f"{where}: must be a finite number, got {item!r}")
+            if not _within(item, bound):
+                shown = bound if bound[0] in "<>" else f"in {bound}"
+                raise ConfigError(f"{where}: must be {shown}, got {item!r}")
+
+
+def _check_bounds(conf: dict) -> None:
+    """:func:`check_bounds` over the job's keys, each stage section and its method's keys."""
+    from matchmill.stages.registry import load_method
+
+    top = {k: v for k, v in conf.items() if k in JOB_DEFAULTS and not isinstance(JOB_DEFAULTS[k], dict)}
+    check_bounds(top, JOB_BOUNDS, prefix="")
+    for name, default in JOB_DEFAULTS.items():
+        if isinstance(default, dict) and isinstance(conf.get(name), dict):
+            own = {k[len(name) + 1:]: b for k, b in JOB_BOUNDS.items() if k.startswith(name + ".")}
+            check_bounds({k: v for k, v in conf[name].items() if k in default}, own, prefix=f"{name}.")
+    for spec in ALL_STAGES:
+        section = conf.get(spec.name)
+        if not isinstance(section, dict):
+            continue
+        bounds = spec.default_bounds()
+        if spec.has_method:
+            bounds = {**bounds, **getattr(load_method(spec.name, section["method"]), "conf_bounds", {})}
+        check_bounds({k: v for k, v in section.items() if not isinstance(v, dict)}, bounds, prefix=f"{spec.name}.")
+
+
+def check_run_name(name: Any, key: str = "run_name") -> None:
+    """``run_name`` must be one plain folder name: the run is ``<storage>/<run_name>``, and a name
+    that leaves that folder (``..``, ``.``, ``a/b``) would write and clear stage folders elsewhere.
+
+    Refused, each with the rule in the message: not a string, empty or blank, ``.`` or ``..``, a
+    path separator (``/`` or ``\\``), leading or trailing whitespace, a control character, and a
+    leading ``.`` (hidden: listings skip such names, see ``manifests/storage.py``, and ``matchmill
+    gc`` removes ``.tmp-*``)."""
+    if not isinstance(name, str):
+        raise ConfigError(f"{key}: expected a folder name (a string), got {name!r}")
+    rule = None
+    if not name.strip():
+        rule = "must not be empty or blank"
+    elif name in (".", ".."):
+        rule = "must not be '.' or '..' (the run would be the storage folder or its parent)"
+    elif "/" in name or "\\" in name:
+        rule = "must not hold a path separator ('/' or '\\'): it is one folder under storage"
+    elif name != name.strip():
+        rule = "must not start or end with whitespace"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        rule = "must not hold control characters"
+    elif name.startswith("."):
+        rule = "must not start with '.' (hidden names are skipped by listings and gc)"
+    if rule:
+        raise ConfigError(f"{key}: {name!r} {rule}")
 
 
 #: fsspec protocols of object stores, whose URLs start with a bucket (container) name.
 OBJECT_STORE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "oci", "r2")
 
 
-def _check_storage_url(storage: str) -> None:
-    """An object-store ``storage`` URL must name a bucket: ``s3://`` or ``s3:///runs`` has none
-    (and would otherwise turn into a local folder called ``s3:`` when the run name is joined)."""
+#: ``scheme:`` at the start of a string (two letters or more: ``C:\\runs`` stays a Windows path).
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def _fsspec_protocols() -> set[str]:
+    from fsspec.registry import known_implementations, registry
+
+    return set(known_implementations) | set(registry)
+
+
+def check_storage_url(storage: Any, key: str = "storage") -> None:
+    """``storage`` must be a local folder or a URL fsspec can open, written so that it cannot turn
+    into a local folder named after a typo.
+
+    - ``PROTOCOL://...`` with a protocol fsspec knows (``file``, ``s3``, ``gs``, ..., chained
+      ``simplecache::s3://`` too); an unknown one (``s4://``) is refused;
+    - an object-store URL names a bucket: ``s3://`` and ``s3:///runs`` have none;
+    - a known protocol followed by ``:`` but not ``://`` (``s3:/bucket``, ``file:relative``) is
+      refused with the URL it probably meant (it would otherwise be a local folder ``s3:``);
+    - anything else is a local path: relative to the working directory, ``~`` is the home folder
+      (``~/runs`` and ``file://~/runs``; :func:`run_url` expands it)."""
+    if not isinstance(storage, str) or not storage.strip():
+        raise ConfigError(f"{key}: expected a folder or URL (e.g. file://./runs, s3://BUCKET/runs), got {storage!r}")
+    if storage != storage.strip() or any(ord(c) < 32 for c in storage):
+        raise ConfigError(f"{key} {storage!r}: must not hold leading/trailing whitespace or control characters")
     protocol, sep, rest = storage.partition("://")
-    if sep and protocol.lower() in OBJECT_STORE_PROTOCOLS and not rest.split("/", 1)[0]:
-        raise ConfigError(f"storage {storage!r} has no bucket: expected {protocol}://BUCKET[/PREFIX]")
+    if sep:
+        known = _fsspec_protocols()
+        unknown = [p for p in protocol.lower().split("::") if p not in known]
+        if unknown or not protocol:
+            raise ConfigError(f"{key} {storage!r}: unknown protocol {(unknown or [''])[0]!r}; fsspec knows e.g. "
+                              "file://, s3://, gs://, az://, hdfs:// (an installed fsspec plugin adds more)")
+        protocol = protocol.split("::")[-1]
+        if protocol.lower() in OBJECT_STORE_PROTOCOLS and not rest.split("/", 1)[0]:
+            raise ConfigError(f"{key} {storage!r} has no bucket: expected {protocol}://BUCKET[/PREFIX]")
+        return
+    match = _SCHEME.match(storage)
+    if match and match.group(1).lower() in _fsspec_protocols():
+        scheme, tail = match.group(1), storage[match.end():]
+        meant = (f"file://{tail}" if tail.startswith("/") else f"file://./{tail}") if scheme.lower() in ("file", "local") \
+            else f"{scheme}://{tail.lstrip('/')}"
+        raise ConfigError(f"{key} {storage!r}: '{scheme}:' without '//' would be a local folder named "
+                          f"'{scheme}:'; did you mean {meant}?")
 
 
 def _check_weights(conf: dict) -> None:
@@ -326,11 +532,13 @@ def _check_resources(section: str, resources: Any) -> None:
 
 
 def run_url(conf: dict) -> str:
+    """``<storage>/<run_name>``; a local storage becomes an absolute ``file://`` URL (relative to
+    the working directory, ``~`` expanded to the home folder)."""
     storage = conf["storage"]
     if "://" not in storage:
-        storage = "file://" + str(Path(storage).resolve())
+        storage = "file://" + str(Path(storage).expanduser().resolve())
     elif storage.startswith("file://./") or storage.startswith("file://") and not storage.startswith("file:///"):
-        storage = "file://" + str(Path(storage[len("file://") :]).resolve())
+        storage = "file://" + str(Path(storage[len("file://") :]).expanduser().resolve())
     return storage.rstrip("/") + "/" + conf["run_name"]
 
 

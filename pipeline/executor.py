@@ -17,18 +17,29 @@ The driver holds no rows: reads are planned from Parquet footers and the workers
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from matchmill.manifests.commit import part_name
+from matchmill.manifests.commit import part_name, part_stamp
 from matchmill.manifests.schemas import MANIFESTS
-from matchmill.manifests.storage import conform, join, open_parquet, storage_remote_args, url_to_fs, write_manifest
+from matchmill.manifests.storage import (
+    StorageUnavailable,
+    conform,
+    join,
+    open_parquet,
+    storage_remote_args,
+    url_to_fs,
+    with_retries,
+    write_manifest,
+)
 
 from .graph import StageSpec
 
@@ -90,8 +101,12 @@ def plan_reads(inputs: list[SegmentInput], block_rows: int) -> list[dict]:
     for inp in inputs:
         for url in inp.urls:
             fs, path = url_to_fs(url)
-            with fs.open(path, "rb") as f:
-                rows = pq.ParquetFile(f).metadata.num_rows
+
+            def footer(fs=fs, path=path) -> int:
+                with fs.open(path, "rb") as f:
+                    return pq.ParquetFile(f).metadata.num_rows
+
+            rows = with_retries(footer, "read", url, writing=False)
             for start in range(0, rows, block_rows):
                 items.append({"url": url, "start": start, "length": min(block_rows, rows - start),
                               "position": inp.position, "stage": inp.stage})
@@ -101,16 +116,20 @@ def plan_reads(inputs: list[SegmentInput], block_rows: int) -> list[dict]:
 def read_range(url: str, start: int, length: int, manifest: str) -> pa.Table:
     """Rows [start, start + length) of one part file, reading only the row groups they span."""
     fs, path = url_to_fs(url)
-    with fs.open(path, "rb") as f:
-        pf = open_parquet(f)
-        groups, offset, first = [], 0, None
-        for i in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(i).num_rows
-            if offset + n > start and offset < start + length:
-                groups.append(i)
-                first = offset if first is None else first
-            offset += n
-        table = pf.read_row_groups(groups)
+
+    def read() -> tuple[pa.Table, int]:
+        with fs.open(path, "rb") as f:
+            pf = open_parquet(f)
+            groups, offset, first = [], 0, None
+            for i in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(i).num_rows
+                if offset + n > start and offset < start + length:
+                    groups.append(i)
+                    first = offset if first is None else first
+                offset += n
+            return pf.read_row_groups(groups), first
+
+    table, first = with_retries(read, "read", url, writing=False)
     return conform(table.slice(start - first, length), MANIFESTS[manifest][0], where=url)
 
 
@@ -204,7 +223,7 @@ def stateless_stage(batch: pa.Table, implementation: str, conf: dict, run_url: s
 
 
 def write_stage_part(batch: pa.Table, stage_url: str, manifest: str, key: str, position: int,
-                     skip: list[str], last: bool) -> pa.Table:
+                     skip: list[str], last: bool, stamp: dict | None = None) -> pa.Table:
     """Write this stage's rows of the batch (``_enter <= position``, minus ``skip``) as one part
     file; pass the batch on to the next stage, or (last stage) return one counter row."""
     mine = batch.filter(pc.less_equal(batch.column(ENTER), position))
@@ -213,7 +232,7 @@ def write_stage_part(batch: pa.Table, stage_url: str, manifest: str, key: str, p
     url = None
     if mine.num_rows:
         url = join(stage_url, part_name(mine.column(key).to_pylist()))
-        write_manifest(mine.drop_columns([ENTER]), url, manifest)
+        write_manifest(mine.drop_columns([ENTER]), url, manifest, metadata=stamp)
     if not last:
         return batch
     return pa.table({"part": pa.array([url] if url else [], pa.string()),
@@ -296,7 +315,8 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
         ds = ds.map_batches(
             write_stage_part,
             fn_kwargs=dict(stage_url=plan.stage_url, manifest=spec.manifest, key=spec.key,
-                           position=plan.position, skip=plan.skip, last=plan is plans[-1]),
+                           position=plan.position, skip=plan.skip, last=plan is plans[-1],
+                           stamp=part_stamp(spec.name, plan.config_hash)),
             batch_size=int(conf["part_rows"]),
             num_cpus=0,  # IO only
             compute=ray.data.TaskPoolStrategy(size=WRITE_TASKS),
@@ -304,11 +324,84 @@ def run_segment(plans: list[StagePlan], inputs: list[SegmentInput], conf: dict, 
             **remote,
         )
     _trace("execute", ",".join(p.spec.name for p in plans))
-    out = ds.take_all()
+    with _held_ray_data_errors() as held:
+        try:
+            out = ds.take_all()
+        except Exception as exc:  # noqa: BLE001 - only a storage error is unwrapped; others re-raised as they are
+            cause = storage_cause(exc)
+            if cause is None:
+                raise
+            held.records.clear()
+            cause.stage = ", ".join(p.spec.name for p in plans)
+            raise cause from None  # plainly: Ray's wrappers and logs say nothing the driver's one line does not
     _trace("executed", ",".join(p.spec.name for p in plans))
     if os.environ.get("MATCHMILL_DATA_STATS"):  # debugging aid: Ray Data's per-operator timings
         print(ds.stats())
     return len(out)
+
+
+#: The last line of a worker's traceback (as Ray carries it in the text of its RayTaskError) when
+#: a :class:`StorageUnavailable` stopped it.
+_STORAGE_LINE = re.compile(r"^matchmill\.manifests\.storage\.StorageUnavailable: (.+)$", re.MULTILINE)
+
+
+def storage_cause(exc: BaseException) -> StorageUnavailable | None:
+    """The :class:`StorageUnavailable` a worker raised, or None.
+
+    Ray wraps a worker's exception in a RayTaskError (the original as ``cause``) and Ray Data
+    first wraps it in a UserCodeException, whose ``__cause__`` does not survive the trip to the
+    driver; the worker's traceback does, as text, so the error is found there when not as an object."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)  # RayTaskError: is-a the cause's type too, but its text is a traceback
+        if isinstance(e, StorageUnavailable) and not isinstance(cause, BaseException):
+            return e
+        todo += [cause, e.__cause__, e.__context__]
+    found = _STORAGE_LINE.findall(str(exc))
+    return StorageUnavailable(found[-1].strip()) if found else None
+
+
+#: Ray Data's loggers that report a failed task on the console before the error reaches the driver.
+_RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+
+
+class _HeldRecords(logging.Filter):
+    """Holds the ERROR records of its loggers instead of emitting them, until :meth:`release`."""
+
+    def __init__(self) -> None:
+        super().__init__("matchmill-held")
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.records.append(record)
+        return False
+
+    def release(self) -> None:
+        for record in self.records:
+            logging.getLogger(record.name).callHandlers(record)
+        self.records.clear()
+
+
+@contextlib.contextmanager
+def _held_ray_data_errors():
+    """Ray Data's ERROR lines about a failed task are held while the segment runs: dropped when the
+    failure is a storage error (the driver says it in one line), emitted as they were otherwise."""
+    held = _HeldRecords()
+    loggers = [logging.getLogger(name) for name in _RAY_DATA_ERROR_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(held)
+    try:
+        yield held
+    finally:
+        for logger in loggers:
+            logger.removeFilter(held)
+        held.release()  # Ray Data's own lines about any other error, as it logged them
 
 
 def describe_fit(specs: list[StageSpec], conf: dict, cpus: dict[str, float], cluster_cpus: float,

@@ -14,7 +14,8 @@ Layout (hloc's, see ``specs/anchors.md`` A1):
     knows it. Native keypoints (below) add ``scores`` float32 (K,) and ``descriptors`` (D, K)
     (hloc's transposed layout, the stored dtype) when the extract method stores them, and the
     keypoints' ``uncertainty`` attribute (1 px of the extractor's frame in original pixels, as
-    hloc writes it). Every image of an exported pair has a group, possibly with K = 0.
+    hloc writes it). Every image of an exported pair has a group, possibly with K = 0 (an empty
+    (0, 2) ``keypoints`` dataset, as hloc writes for an image without features).
 ``matches.h5``
     one group per exported pair at :func:`names_to_pair` ``(image0, image1)``, i.e.
     ``image0.replace('/', '-') + '/' + image1.replace('/', '-')`` (hloc's current convention;
@@ -74,20 +75,19 @@ grows as the sum over pairs of K(image0): with ``quantize=False`` that is quadra
 pairs per image, on the native path it is the pairs times the stored keypoints; large
 ``matches0`` vectors are gzip-compressed (hloc/h5py read them transparently).
 
-Files are written as a whole (an existing file is replaced, never appended to), under a
-temporary name and renamed, so a crash never leaves a truncated h5 at the final path. h5py
-needs a local file: for a remote ``out`` (``s3://``, ``gs://``, ``memory://``, ...) the files are
-written to a local temporary folder and uploaded with fsspec.
+Where the files go (:mod:`.export_output`): names are checked first (whitespace, two images
+under one name), then ``out`` (another run's or format's export is refused without
+``overwrite``; files that are not an export's always), then the three files are written into a
+staging folder beside them and published only when all are written, with ``export.json`` (run,
+stage, format, files, time) last. A failure leaves ``out`` as it was. h5py needs a local file:
+for a remote ``out`` (``s3://``, ``gs://``, ``memory://``, ...) the staging folder is local and
+the files are uploaded with fsspec.
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
-import tempfile
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -95,7 +95,7 @@ import numpy as np
 from matchmill.geometry.quantize import quantize_matches
 from matchmill.manifests.commit import COMMIT_MARKER, part_files, read_commit, read_stage, stage_url
 from matchmill.manifests.schemas import MANIFESTS, SCHEMA_VERSION, STATUS_FAILED
-from matchmill.manifests.storage import ManifestError, is_local, url_to_fs
+from matchmill.manifests.storage import ManifestError
 
 from .graph import get_stage
 
@@ -152,6 +152,7 @@ def export_hloc(
     coordinates: str = "hloc",
     image_root: str | None = None,
     keypoints: str = "auto",
+    overwrite: bool = False,
 ) -> dict:
     """Write ``<out>/keypoints.h5``, ``<out>/matches.h5`` and ``<out>/pairs.txt`` from a committed
     stage of a run.
@@ -177,6 +178,8 @@ def export_hloc(
             ``reconstruction.main(image_dir=...)`` and a COLMAP model of that folder call it, e.g.
             ``<scene>/images`` for a MegaDepth scene); None keeps the run's image ids.
         keypoints: ``"auto"``, ``"native"`` or ``"matches"`` (module docstring).
+        overwrite: replace an export of another run or format that ``out`` holds (never files
+            that are not an export's; see :mod:`.export_output`).
 
     Returns:
         ``{"pairs": exported pairs, "skipped_failed": failed rows skipped, "images": images in
@@ -188,9 +191,12 @@ def export_hloc(
     Raises:
         ExportError: the stage is unknown, has no matches, is not committed, changed after its
             commit, or holds inconsistent rows; ``keypoints="native"`` on a chain that is not
-            sparse-lossless; or an argument is invalid.
+            sparse-lossless; an image name cannot be exported (whitespace, two images under one
+            name); ``out`` holds another export (without ``overwrite``) or files that are not an
+            export's; or an argument is invalid. Raised before anything is written.
+        StorageError: ``out`` cannot be created or written.
     """
-    from .export_native import NativeUnavailable, match_native_keypoints
+    from .export_output import ExportOutput
 
     if coordinates not in PIXEL_CONVENTIONS:
         raise ExportError(f"coordinates must be one of {sorted(PIXEL_CONVENTIONS)}, got {coordinates!r}")
@@ -201,6 +207,24 @@ def export_hloc(
     cell = max(float(cell), float(radius))
 
     pairs, skipped_failed = load_pairs(run_url, stage, inliers_only, float(min_score))
+    names = image_name_map(run_url, stage, pairs, image_root)
+    check_export_names(pairs, names, pairs_txt=True)
+    with ExportOutput(out, "hloc", run_url, stage, overwrite=overwrite) as folder:
+        summary = _export_hloc(run_url, folder, stage, pairs, names, inliers_only=inliers_only, quantize=quantize,
+                               radius=radius, cell=cell, min_score=min_score, coordinates=coordinates,
+                               keypoints=keypoints)
+    summary["skipped_failed"] = skipped_failed
+    return {k: summary[k] for k in ("pairs", "skipped_failed", "images", "keypoints", "matches", "keypoints_from",
+                                    "input_matches", "kept", "note")}
+
+
+def _export_hloc(run_url: str, folder: str, stage: str, pairs: list[_Pair], names: dict[str, str], *,
+                 inliers_only: bool, quantize: bool, radius: float, cell: float, min_score: float,
+                 coordinates: str, keypoints: str) -> dict:
+    """:func:`export_hloc`'s work once the names and ``out`` are checked: the three files into the
+    local staging ``folder``."""
+    from .export_native import NativeUnavailable, match_native_keypoints
+
     input_matches = int(sum(len(p.matches) for p in pairs))
     native, note = None, "keypoints=matches was asked for"
     if keypoints != "matches":
@@ -211,7 +235,6 @@ def export_hloc(
             if keypoints == "native":
                 raise ExportError(f"stage {stage!r} of run {run_url}: no native keypoints: {exc}") from exc
             note = str(exc)
-    names = image_name_map(run_url, stage, pairs, image_root)
     offset, convention = PIXEL_CONVENTIONS[coordinates]
     source = "native" if native is not None else ("quantized" if quantize else "per-pair")
     attrs = {
@@ -242,19 +265,18 @@ def export_hloc(
             kp_table, ids, scores = _append_keypoints(pairs)
         counts = {image: len(k) for image, k in kp_table.items()}
         sizes = image_sizes(run_url)
-    with _local_outputs(out) as (kp_path, m_path):
-        if native is not None:
-            _write_native_keypoints(kp_path, native, names, offset, convention, attrs)
-        else:
-            _write_keypoints(kp_path, {names[i]: k for i, k in kp_table.items()}, offset, convention, attrs,
-                             sizes={names[i]: sizes[i] for i in kp_table if i in sizes})
-        _write_matches(m_path, pairs, names, counts, ids, scores, attrs)
-    write_pairs_txt(out, [_Pair(p.pair_id, names[p.image0], names[p.image1], p.matches, p.scores) for p in pairs])
+    kp_path, m_path = os.path.join(folder, KEYPOINTS_FILE), os.path.join(folder, MATCHES_FILE)
+    if native is not None:
+        _write_native_keypoints(kp_path, native, names, offset, convention, attrs)
+    else:
+        _write_keypoints(kp_path, {names[i]: k for i, k in kp_table.items()}, offset, convention, attrs,
+                         sizes={names[i]: sizes[i] for i in kp_table if i in sizes})
+    _write_matches(m_path, pairs, names, counts, ids, scores, attrs)
+    write_pairs_txt(folder, [_Pair(p.pair_id, names[p.image0], names[p.image1], p.matches, p.scores) for p in pairs])
 
     n_matches = int(sum(len(i) for i in ids))
     return {
         "pairs": len(pairs),
-        "skipped_failed": skipped_failed,
         "images": len(counts),
         "keypoints": int(sum(counts.values())),
         "matches": n_matches,
@@ -263,6 +285,26 @@ def export_hloc(
         "kept": round(n_matches / input_matches, 4) if input_matches else 1.0,
         "note": note,
     }
+
+
+def check_export_names(pairs: list[_Pair], names: dict[str, str], pairs_txt: bool) -> None:
+    """ExportError, before anything is written, when an exported name cannot be one: it holds
+    whitespace (``pairs.txt`` is whitespace separated; ``pairs_txt``), is empty, or two images get
+    one name (``./a.jpg`` and ``a.jpg`` in a run made before ids were normalised; two files
+    under ``--image-root`` resolving alike): hloc's groups and COLMAP's image names are unique."""
+    for p in pairs if pairs_txt else ():
+        for image in (p.image0, p.image1):
+            name = names[image]
+            if not name or any(c.isspace() for c in name):
+                raise ExportError(f"pair {p.pair_id!r}: image name {name!r} contains whitespace (or is empty); "
+                                  "pairs.txt cannot hold it")
+    by_name: dict[str, str] = {}
+    for image in sorted(names):
+        key = "/".join(part for part in names[image].split("/") if part not in ("", "."))  # as h5py resolves it
+        if key in by_name:
+            raise ExportError(f"images {by_name[key]!r} and {image!r} would both be exported as {names[image]!r}; "
+                              "an export holds each image once (rerun the pairs stage: ids are normalised now)")
+        by_name[key] = image
 
 
 def image_name_map(run_url: str, stage: str, pairs: list[_Pair], image_root: str | None) -> dict[str, str]:
@@ -405,45 +447,6 @@ def _append_keypoints(pairs: list[_Pair]) -> tuple[dict[str, np.ndarray], list[n
     return keypoints, ids, [p.scores.astype(np.float32) for p in pairs]
 
 
-class _local_outputs:
-    """Context manager yielding local paths for keypoints.h5 / matches.h5, published on success.
-
-    Local targets: temporary names in the target folder, renamed over the final names.
-    Remote targets: a local temporary folder, uploaded with fsspec (one PUT per file).
-    Nothing is published when the body raises.
-    """
-
-    def __init__(self, out: str):
-        self.fs, self.path = url_to_fs(out)
-        self.local = is_local(self.fs)
-
-    def __enter__(self) -> tuple[str, str]:
-        tag = uuid.uuid4().hex
-        if self.local:
-            os.makedirs(self.path, exist_ok=True)
-            folder = self.path
-        else:
-            self._tmp = tempfile.TemporaryDirectory(prefix="matchmill-export-")
-            folder = self._tmp.name
-        self.staged = [os.path.join(folder, f".tmp-{tag}-{name}") for name in (KEYPOINTS_FILE, MATCHES_FILE)]
-        return self.staged[0], self.staged[1]
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                for staged, name in zip(self.staged, (KEYPOINTS_FILE, MATCHES_FILE)):
-                    if self.local:
-                        os.replace(staged, os.path.join(self.path, name))
-                    else:
-                        self.fs.makedirs(self.path, exist_ok=True)
-                        self.fs.put_file(staged, posixpath.join(self.path, name))
-        finally:
-            for staged in self.staged:
-                Path(staged).unlink(missing_ok=True)
-            if not self.local:
-                self._tmp.cleanup()
-
-
 def _write_keypoints(
     path: str, keypoints: dict[str, np.ndarray], offset: float, convention: str, attrs: dict,
     sizes: dict[str, tuple[int, int]] | None = None,
@@ -483,8 +486,9 @@ def _write_native_keypoints(path: str, native, names: dict[str, str], offset: fl
                 dset.attrs["uncertainty"] = float(np.mean(reader.read("scale")))
             if "scores" in reader.header:
                 grp.create_dataset("scores", data=reader.read("scores").reshape(-1).astype(np.float32))
-            if "descriptors" in reader.header:
-                desc = reader.read("descriptors").reshape(len(kp), -1)
+            if "descriptors" in reader.header:  # an image with 0 keypoints gets a (D, 0) dataset
+                desc = reader.read("descriptors")
+                desc = desc.reshape(len(kp), -1) if len(kp) else desc.reshape(0, desc.shape[-1] if desc.ndim > 1 else 0)
                 opts = {"compression": "gzip", "compression_opts": 4} if desc.size >= _COMPRESS_FROM else {}
                 grp.create_dataset("descriptors", data=np.ascontiguousarray(desc.T), **opts)
             grp.create_dataset("image_size", data=np.asarray(native.sizes[image], np.int64))

@@ -17,22 +17,22 @@ Written through pycolmap's ``Database`` (no hand-written SQL):
   both ways is written once), with verify's F (config ``UNCALIBRATED``) or H (``PLANAR``).
 
 h5py is not involved; sqlite needs a local file, so a remote ``out`` gets the database written
-locally and uploaded with fsspec. An existing database at ``out`` is replaced as a whole.
+locally and uploaded with fsspec. Names and sizes are checked before anything is written; the
+database is written into a staging folder and published with ``export.json``
+(:mod:`.export_output`): a COLMAP export of the same run is replaced as a whole, another run's or
+format's export only with ``overwrite``, never files that are not an export's.
 """
 
 from __future__ import annotations
 
 import os
-import posixpath
-import tempfile
 
 import numpy as np
 
 from matchmill.geometry.quantize import quantize_matches
 from matchmill.manifests.commit import read_stage
-from matchmill.manifests.storage import url_to_fs
 
-from .export import ExportError, image_sizes, load_pairs
+from .export import ExportError, check_export_names, image_sizes, load_pairs
 from .export_native import NativeUnavailable, match_native_keypoints
 
 DATABASE_FILE = "database.db"
@@ -56,7 +56,7 @@ def image_names(paths: dict[str, str], image_root: str | None) -> tuple[str, dic
 
 
 def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: str = "verify",
-                  radius: float = 4.0, cell: int = 48, min_score: float = 0.0) -> dict:
+                  radius: float = 4.0, cell: int = 48, min_score: float = 0.0, overwrite: bool = False) -> dict:
     """Write ``<out>/database.db`` from a committed verify stage (see the module docstring).
 
     Returns:
@@ -65,9 +65,14 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
 
     Raises:
         ExportError: the stage is not committed / has no inlier flags, an image lies outside
-            ``image_root``, or an image's size is unknown.
+            ``image_root``, an image's size is unknown, two images get one name, or ``out`` holds
+            another export (without ``overwrite``) or files that are not an export's; raised
+            before anything is written.
+        StorageError: ``out`` cannot be created or written.
     """
     import pycolmap
+
+    from .export_output import ExportOutput
 
     if stage != "verify":
         raise ExportError("the COLMAP export needs verify's inliers and two-view geometry: --stage verify")
@@ -86,16 +91,17 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
                 K.setdefault(image, np.asarray(r["K" + side], np.float64).reshape(3, 3))
     sizes = image_sizes(run_url)
     root, names = image_names({k: paths[k] for k in keypoints}, image_root)
+    check_export_names(pairs, names, pairs_txt=False)
+    for image in sorted(keypoints):
+        if image not in sizes:
+            raise ExportError(f"image {image!r}: its size is not in the extract manifest")
 
-    fs, out_path = url_to_fs(out)
-    with tempfile.TemporaryDirectory(prefix="matchmill-colmap-") as tmp:
-        db_path = os.path.join(tmp, DATABASE_FILE)
+    with ExportOutput(out, "colmap", run_url, stage, overwrite=overwrite) as folder:
+        db_path = os.path.join(folder, DATABASE_FILE)
         db = pycolmap.Database.open(db_path)
         try:
             image_ids = {}
             for image in sorted(keypoints):
-                if image not in sizes:
-                    raise ExportError(f"image {image!r}: its size is not in the extract manifest")
                 w, h = sizes[image]
                 if image in K:
                     k = K[image]
@@ -130,8 +136,6 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
                 n_matches += len(m)
         finally:
             db.close()
-        fs.makedirs(out_path, exist_ok=True)
-        fs.put_file(db_path, posixpath.join(out_path, DATABASE_FILE))  # local or remote: one copy
     return {"images": len(image_ids), "keypoints": int(sum(len(k) for k in keypoints.values())),
             "keypoints_from": keypoints_from, "note": note, "pairs": len(written), "matches": n_matches, "skipped_failed": skipped, "image_root": root,
             "database": out.rstrip("/") + "/" + DATABASE_FILE}

@@ -206,14 +206,14 @@ def match_native_keypoints(run_url: str, pairs: Sequence) -> NativeKeypoints:
         row = store.rows.get(image)
         if row is None or row["status"] != STATUS_OK:
             raise NativeUnavailable(f"image {image!r} has no ok row in the extract manifest")
-        reader = ArtifactReader(row["artifact_uri"])
+        reader = ArtifactReader(store.artifact(image))
         if "keypoints" not in reader.header:
             method = read_stage(run_url, "extract", columns=["image_id", "method"]).to_pydict()
             method = dict(zip(method["image_id"], method["method"])).get(image)
             raise NativeUnavailable(f"extract method {method!r} stores no keypoints (dense chain)")
         kp = reader.read("keypoints").reshape(-1, 2)
         indices[image] = _KeyIndex.of(kp)
-        out.artifacts[image] = row["artifact_uri"]
+        out.artifacts[image] = reader.url
         out.keypoints[image] = kp
         out.sizes[image] = (int(row["width"]), int(row["height"]))
     # every end point must be a stored keypoint: one vectorised pass before any resolution

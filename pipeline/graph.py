@@ -15,7 +15,8 @@ Defaults: ``defaults`` names the stage module's ``STAGE_DEFAULTS`` (the stage's 
 comment per key, next to its code); a stage with ``method`` in its defaults also takes the chosen
 method's ``default_conf``. Ray stages take the execution keys too (:data:`EXECUTION_DEFAULTS`,
 overridden per stage by ``execution``); they change how a stage runs, never what it computes, so
-they stay out of the config hash.
+they stay out of the config hash. Bounds of numeric keys sit beside their defaults too (the module's
+``STAGE_BOUNDS``, :data:`EXECUTION_BOUNDS`, a method's ``conf_bounds``); undeclared ones are ``>= 0``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ EXECUTION_DEFAULTS: dict[str, Any] = {
     "num_gpus": 0.0,  # GPUs per actor; > 0 fails fast when the cluster has none
     "batch_size": 4,  # rows per actor call
     "resources": None,  # custom Ray resources per actor, e.g. {cpu_worker: 1} pins a stage to a worker group
+}
+
+
+#: Bounds of the execution keys (notation: pipeline/config.py ``parse_bound``; an undeclared numeric
+#: key must be >= 0). Whether a pool fits the cluster is checked once Ray is up (runtime.check_resources).
+EXECUTION_BOUNDS: dict[str, str] = {
+    "actors": "[1, 4096]",  # a generous cap: each actor is a worker process
+    "batch_size": ">= 1",
 }
 
 
@@ -90,6 +99,15 @@ class StageSpec:
         if self.kind != "ray":
             return own
         return {**EXECUTION_DEFAULTS, **self.execution, **own}
+
+    def default_bounds(self) -> dict[str, str]:
+        """Bounds of the section's numeric keys: :data:`EXECUTION_BOUNDS` (Ray stages) + the
+        ``STAGE_BOUNDS`` dict beside the stage's ``defaults`` in its module, if any (the method's
+        ``conf_bounds`` come with the method: pipeline/config.py)."""
+        own = {}
+        if isinstance(self.defaults, str):
+            own = dict(getattr(importlib.import_module(self.defaults.split(":")[0]), "STAGE_BOUNDS", {}))
+        return {**EXECUTION_BOUNDS, **own} if self.kind == "ray" else own
 
     @property
     def has_method(self) -> bool:

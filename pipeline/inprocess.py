@@ -23,6 +23,7 @@ class InProcessResult:
     tables: dict[str, pa.Table] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage call
     extract_calls: int = 0
+    run_url: str = ""  # where the parts and artifacts were written (artifact_uri is relative to it)
 
 
 def run_inprocess(conf: dict, run_url: str, pairs: pa.Table | None = None) -> InProcessResult:
@@ -34,7 +35,7 @@ def run_inprocess(conf: dict, run_url: str, pairs: pa.Table | None = None) -> In
     from matchmill.stages.images import unique_images
     from matchmill.stages.pairs import build_pairs
 
-    out = InProcessResult()
+    out = InProcessResult(run_url=run_url)
     hashes = stage_hashes(conf)
     pairs = build_pairs(conf) if pairs is None else pairs
     out.tables.update(pairs=pairs, images=unique_images(pairs))

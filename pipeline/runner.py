@@ -25,20 +25,24 @@ import pyarrow.compute as pc
 
 from matchmill.manifests.commit import (
     COMMIT_MARKER,
+    STORAGE_FAILED,
     CommitInfo,
     artifact_sizes,
     check_parts,
     committed_keys,
     part_files,
+    part_stamp,
     read_commit,
     read_stage,
     read_started,
     remove_parts,
     reset_stage,
     stage_url,
+    storage_failed_parts,
     write_commit,
     write_started,
 )
+from matchmill.manifests.lease import acquire_lease, ensure_held
 from matchmill.manifests.schemas import SCHEMA_VERSION
 from matchmill.manifests.storage import (
     check_writable,
@@ -52,6 +56,7 @@ from matchmill.manifests.storage import (
 
 from .config import EXECUTION_KEYS, ConfigError, run_url, stage_hash
 from .graph import ALL_STAGES, STAGES, StageSpec, section_value
+from .stray import check_stage_folders
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +136,20 @@ class StageState:
     problems: dict[str, str] = field(default_factory=dict)  # repair: part name -> what is wrong
 
 
-def plan_stages(conf: dict, url: str, hashes: dict[str, str], specs: list[StageSpec], overwrite: bool) -> list[StageState]:
+def plan_stages(conf: dict, url: str, hashes: dict[str, str], specs: list[StageSpec], overwrite: bool,
+                deep: bool | None = None) -> list[StageState]:
     """Decide what each stage does, reading markers and checking committed parts (see
-    :func:`~matchmill.manifests.commit.check_parts`; ``integrity: full`` also reads them); raise
-    before anything is written when a committed stage would be replaced without ``overwrite``."""
+    :func:`~matchmill.manifests.commit.check_parts`; ``integrity: full`` also reads them, unless
+    ``deep=False``); raise before anything is written when a committed stage would be replaced
+    without ``overwrite``."""
     states, replaced = [], []
-    deep = conf.get("integrity", "full") == "full"
+    deep = conf.get("integrity", "full") == "full" if deep is None else deep
     for spec in specs:
         h = hashes[spec.name]
         commit = read_commit(url, spec.name)
         if commit and commit.config_hash == h and commit.schema_version == SCHEMA_VERSION:
             problems = check_parts(url, spec.name, spec.manifest, commit, deep=deep)
+            problems = {**storage_retries(url, spec, commit, states), **problems}
             states.append(StageState(spec, h, "repair" if problems else "skip", commit, problems))
             continue
         if commit is not None:
@@ -188,6 +196,19 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
+def storage_retries(url: str, spec: StageSpec, commit: CommitInfo, planned: list[StageState]) -> dict[str, str]:
+    """Problems that make a committed stage redo rows an older version committed as failed because
+    storage failed (:func:`~matchmill.manifests.commit.storage_failed_parts`); a driver stage that
+    aggregates a stage redoing such rows (metrics) is redone whole."""
+    if spec.kind == "driver" and spec.input is not None:
+        retried = [s.spec.name for s in planned if s.spec.name in spec.depends
+                   and any(STORAGE_FAILED in p for p in s.problems.values())]
+        if retried:
+            return {"(inputs)": f"is computed from {', '.join(retried)}, which redoes rows {STORAGE_FAILED}"}
+        return {}
+    return storage_failed_parts(url, spec.name, spec.manifest, commit)
+
+
 def describe_repairs(states: list[StageState]) -> list[str]:
     """One line per damaged part of a committed stage that this run removes and redoes."""
     return [f"{s.spec.name}/{name} {problem}: removed, its rows are redone (the stage's other parts are kept)"
@@ -218,6 +239,23 @@ def _warn_random_init(conf: dict, states: list[StageState], echo) -> None:
 def run_pipeline(conf: dict, until: str | None = None, address: str | None = None, echo=print,
                  overwrite: bool = False, verbose: bool = False,
                  graph: tuple[StageSpec, ...] = STAGES) -> RunResult:
+    """Run (or resume) the whole job (:func:`_run_pipeline`), holding the run's lease (one writer
+    per run: manifests/lease.py) from the end of validation to the end of the run, however it ends."""
+    held: list = []
+    try:
+        return _run_pipeline(conf, until, address, echo, overwrite, verbose, graph, held)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C / SIGTERM (cli.py): no worker writes once the lease is free
+        from .runtime import shutdown_started_ray
+
+        shutdown_started_ray()
+        raise
+    finally:
+        for lease in held:
+            lease.release()
+
+
+def _run_pipeline(conf: dict, until: str | None, address: str | None, echo, overwrite: bool, verbose: bool,
+                  graph: tuple[StageSpec, ...], held: list) -> RunResult:
     """Run (or resume) the whole job described by a validated config.
 
     ``graph``: the stages to run, in order (:data:`~matchmill.pipeline.graph.STAGES` for
@@ -229,8 +267,16 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
     hashes = stage_hashes(conf, graph)
     last = names.index(until) if until else len(graph) - 1
     specs = list(graph[: last + 1])
-    states = plan_stages(conf, url, hashes, specs, overwrite)
+    states = plan_stages(conf, url, hashes, specs, overwrite, deep=False)
     preflight(conf, states)
+    # one writer per run: the lease is taken after validation, before the first write; the plan is
+    # made again under it (a writer that held it until now may have committed stages since)
+    held.append(acquire_lease(url))
+    again = plan_stages(conf, url, hashes, specs, overwrite)
+    if [s.action for s in again if s.spec.name == "pairs"] != [s.action for s in states if s.spec.name == "pairs"]:
+        preflight(conf, again)
+    states = again
+    check_stage_folders(url, states, overwrite, echo)
     _warn_random_init(conf, states, echo)
     for line in describe_repairs(states):
         echo(f"matchmill: {line}")
@@ -327,6 +373,7 @@ def format_report(r: StageReport) -> str:
 
 def _prepare(state: StageState, url: str) -> None:
     """Clear what the plan said to clear, then mark the attempt as started."""
+    ensure_held(url)  # a run whose lease was taken over clears nothing
     if state.action == "repair":
         # the stage is uncommitted from here on: an interrupted repair resumes like any partial stage
         remove_parts(url, state.spec.name, [COMMIT_MARKER] + [n for n in state.problems if n.endswith(".parquet")])
@@ -343,6 +390,7 @@ def _prepare(state: StageState, url: str) -> None:
 def _commit(state: StageState, conf: dict, url: str, seconds: float, execution: tuple[str, ...] = ()) -> tuple[int, int]:
     """Count the stage's rows and write its commit marker (with the config it computed from and,
     for streamed stages, the stages that shared its execution and its ``seconds``)."""
+    ensure_held(url)  # a run whose lease was taken over commits nothing: the two writers' rows would mix
     spec = state.spec
     parts = file_sizes(stage_url(url, spec.name))
     rows, failed = count_rows(url, spec)
@@ -380,7 +428,7 @@ def run_driver(state: StageState, conf: dict, url: str) -> StageReport:
     _prepare(state, url)
     for part in part_files(url, spec.name):
         remove_tree(part)
-    computed = write_in_parts(spec.load()(conf, url), url, spec)
+    computed = write_in_parts(spec.load()(conf, url), url, spec, config_hash=state.config_hash)
     seconds = time.perf_counter() - start
     rows, failed = _commit(state, conf, url, seconds)
     action = "repaired" if state.action == "repair" else "ran"
@@ -397,16 +445,19 @@ def count_rows(url: str, spec: StageSpec) -> tuple[int, int]:
 
 
 def write_in_parts(tables: pa.Table | Iterable[pa.Table], url: str, spec: StageSpec,
-                   rows_per_part: int = DRIVER_PART_ROWS) -> int:
+                   rows_per_part: int = DRIVER_PART_ROWS, config_hash: str | None = None) -> int:
     """Write a table, or a stream of tables, as part files of ``rows_per_part`` rows (the last one
-    shorter; no rows -> one empty part); returns the row count. Holds at most one part."""
+    shorter; no rows -> one empty part); returns the row count. Holds at most one part.
+    ``config_hash``: stamped into each part (:func:`~matchmill.manifests.commit.part_stamp`)."""
+    stamp = part_stamp(spec.name, config_hash) if config_hash else None
     pending: list[pa.Table] = []
     pending_rows = parts = total = 0
 
     def flush() -> None:
         nonlocal pending, pending_rows, parts
         chunk = pa.concat_tables(pending) if pending else schema_of(spec.manifest).empty_table()
-        write_manifest(chunk, join(stage_url(url, spec.name), f"part-{parts:05d}.parquet"), spec.manifest)
+        write_manifest(chunk, join(stage_url(url, spec.name), f"part-{parts:05d}.parquet"), spec.manifest,
+                       metadata=stamp)
         pending, pending_rows, parts = [], 0, parts + 1
 
     for table in [tables] if isinstance(tables, pa.Table) else tables:

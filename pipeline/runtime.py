@@ -70,6 +70,9 @@ def init_ray(conf: dict, address: str | None = None, verbose: bool = False) -> N
     level = logging.INFO if verbose else logging.WARNING
     address = address or conf["ray"]["address"] or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
+        global _started_here
+        _started_here = True
+        saved = _python_signal_handlers()
         with quiet_driver_backend(verbose):
             if address:
                 try:
@@ -91,12 +94,53 @@ def init_ray(conf: dict, address: str | None = None, verbose: bool = False) -> N
                     log_to_driver=True,
                     configure_logging=True,
                 )
+        _restore_signal_handlers(saved)
     ctx = DataContext.get_current()
     bars = progress_bars_wanted(conf)
     ctx.enable_progress_bars = bars
     ctx.enable_operator_progress_bars = bars
     # on a cluster, workers may still be registering when the job starts (e.g. a fresh RayJob)
     check_resources(conf, wait_seconds=CLUSTER_WAIT_SECONDS if address else 0.0)
+
+
+#: Whether :func:`init_ray` started (or joined) Ray in this process (then :func:`shutdown_started_ray` stops it).
+_started_here = False
+
+#: Signals whose Python handler (``matchmill run`` turns them into one line: cli.py) survives
+#: ``ray.init``, which installs its core worker's native SIGTERM handler (a stack dump, exit 143/134).
+_KEPT_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+def _python_signal_handlers() -> dict:
+    """The handlers Python code installed for :data:`_KEPT_SIGNALS` (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = {getattr(signal, name): signal.getsignal(getattr(signal, name)) for name in _KEPT_SIGNALS}
+    return {sig: h for sig, h in handlers.items() if callable(h)}
+
+
+def _restore_signal_handlers(saved: dict) -> None:
+    import signal
+
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)  # sets the process's handler again, over what native code installed
+
+
+def shutdown_started_ray() -> None:
+    """Stop the Ray this process started with :func:`init_ray` (a Ray started by the caller, e.g.
+    a test session's, stays): after an interruption, so that no worker writes once the run's
+    lease is released."""
+    global _started_here
+    if not _started_here:
+        return
+    _started_here = False
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def check_resources(conf: dict, wait_seconds: float = 0.0) -> None:
@@ -132,4 +176,25 @@ def _check_resources_once(conf: dict) -> None:
                     f"{stage}.resources.{name}={amount:g} but the Ray cluster has {resources.get(name, 0.0):g} of it; "
                     f"start a worker group with rayStartParams resources '{{\"{name}\": N}}' or unset {stage}.resources"
                 )
+        _check_pool(stage, conf[stage], resources)
+
+
+def _check_pool(stage: str, section: dict, resources: dict) -> None:
+    """The stage's whole actor pool must fit the cluster: its fixed-size pool waits for every actor,
+    so ``actors`` that the cluster can never place would hang the run (an embedded Ray on a laptop
+    with ``actors: 1000`` starts worker after worker). Streamed stages that fit one by one but not
+    together share CPUs instead (executor.fit_reservations)."""
+    actors = int(section["actors"])
+    if actors <= 1:
+        return
+    wants = [("num_cpus", "CPU", float(section["num_cpus"]))]
+    wants += [("num_gpus", "GPU", float(section["num_gpus"]))]
+    wants += [(f"resources.{name}", name, float(amount)) for name, amount in (section.get("resources") or {}).items()]
+    for key, resource, each in wants:
+        have = resources.get(resource, 0.0)
+        if each > 0 and actors * each > have + 1e-9:
+            raise ResourceError(
+                f"{stage}.actors={actors} x {stage}.{key}={each:g} needs {actors * each:g} {resource} but the Ray "
+                f"cluster has {have:g}; set {stage}.actors <= {int(have // each + 1e-9)} (or a smaller {stage}.{key})"
+            )
 

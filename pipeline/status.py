@@ -18,6 +18,11 @@ def run_status(run_url: str) -> str:
     if is_training_run(run_url):
         return training_status(run_url)
     lines = [f"run: {run_url}", f"{'stage':<9} {'state':<11} {'rows':>7} {'failed':>7} {'time':>8}  hash"]
+    from matchmill.manifests.lease import lease_status
+
+    lock = lease_status(run_url)  # "locked by pid ... on host ... (heartbeat Ns ago)"
+    if lock:
+        lines.insert(1, lock)
     for spec in ALL_STAGES:
         commit = read_commit(run_url, spec.name)
         if spec not in STAGES and commit is None and read_started(run_url, spec.name) is None:
@@ -25,11 +30,12 @@ def run_status(run_url: str) -> str:
         if commit is not None:
             lines.append(
                 f"{spec.name:<9} {'committed':<11} {commit.rows:>7} {commit.failed:>7} "
-                f"{commit.seconds:>7.1f}s  {commit.config_hash[:10]}"
+                f"{commit.seconds:>7.1f}s  {commit.config_hash[:10]}" + _stray(run_url, spec.name, commit)
             )
         elif read_started(run_url, spec.name) is not None:
             parts = len(part_files(run_url, spec.name))
-            lines.append(f"{spec.name:<9} {'partial':<11} {'':>7} {'':>7} {'':>8}  ({parts} part files)")
+            lines.append(f"{spec.name:<9} {'partial':<11} {'':>7} {'':>7} {'':>8}  ({parts} part files)"
+                         + _stray(run_url, spec.name, None))
         else:
             lines.append(f"{spec.name:<9} {'missing':<11}")
     from matchmill.stages.metrics import format_summary, read_summary
@@ -38,6 +44,21 @@ def run_status(run_url: str) -> str:
     if summary:
         lines += ["", "metrics:", format_summary(summary)]
     return "\n".join(lines)
+
+
+def _stray(run_url: str, stage: str, commit) -> str:
+    """``  stray: a.parquet, ...`` for the Parquet files of a stage folder that are not its parts:
+    not in a committed stage's inventory (its readers skip them), or, in a partial stage, not
+    named like a matchmill part (the next run refuses them: pipeline/stray.py); else ``""``."""
+    from matchmill.manifests.commit import is_part_name, stage_url
+    from matchmill.manifests.storage import file_sizes
+
+    names = sorted(file_sizes(stage_url(run_url, stage)))
+    if commit is not None:
+        stray = [n for n in names if n not in commit.parts] if commit.parts else []
+    else:
+        stray = [n for n in names if not is_part_name(n)]
+    return f"  stray: {', '.join(stray)}" if stray else ""
 
 
 def show_stage(run_url: str, stage: str, rows: int = 10, failed_only: bool = False) -> str:

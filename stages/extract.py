@@ -9,8 +9,9 @@ import pyarrow as pa
 
 from matchmill.datasets.image_io import load_image
 from matchmill.geometry.frames import resize_max, to_original
-from matchmill.manifests.artifacts import artifact_url, write_artifact
+from matchmill.manifests.artifacts import artifact_path, write_artifact
 from matchmill.manifests.schemas import FEATURES
+from matchmill.manifests.storage import join
 
 from .registry import build_method
 from .rows import Row, process_rows
@@ -20,6 +21,10 @@ from .threads import limit_threads
 STAGE_DEFAULTS = {
     "method": "sift",  # registered extractor (see stages/registry.py)
     "resize_max": 640,  # longer image side fed to the extractor; None = original size
+}
+#: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+STAGE_BOUNDS = {
+    "resize_max": ">= 0",  # 0 (like None) = original size; a negative side would shrink images to 1x1
 }
 
 
@@ -42,14 +47,15 @@ class ExtractActor:
     def extract_one(self, row: Row) -> dict:
         tensors, seconds = self.compute(row)
         width, height = (int(v) for v in tensors["image_size"])
-        url = artifact_url(self.run_url, self.config_hash, row["image_id"])
-        write_artifact(url, tensors, metadata={"image_id": row["image_id"], "method": self.method_name})
+        relative = artifact_path(self.config_hash, row["image_id"])  # the manifest's reference: the run may move
+        # a storage error (disk full, read-only...) raises StorageUnavailable: the stage stops, no row fails
+        write_artifact(join(self.run_url, relative), tensors, metadata={"image_id": row["image_id"], "method": self.method_name})
         return {
             "method": self.method_name,
             "width": width,
             "height": height,
             "num_keypoints": len(tensors.get("keypoints", ())),
-            "artifact_uri": url,
+            "artifact_uri": relative,
             "seconds": seconds,
         }
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from matchmill.manifests.artifacts import ArtifactReader
+from matchmill.manifests.artifacts import ArtifactReader, resolve_artifact
 from matchmill.manifests.commit import read_stage
 from matchmill.manifests.schemas import STATUS_OK
 
@@ -72,6 +72,7 @@ class FeatureStore:
     def __init__(self, run_url: str, cache_bytes: int = DEFAULT_CACHE_BYTES):
         table = read_stage(run_url, "extract",
                            columns=["image_id", "status", "error", "artifact_uri", "width", "height"])
+        self.run_url = run_url
         self.rows = {r["image_id"]: r for r in table.to_pylist()}
         self.cache: OrderedDict[str, LazyFeatures] = OrderedDict()
         self.cache_bytes = int(cache_bytes)
@@ -82,8 +83,7 @@ class FeatureStore:
         if image_id in self.cache:
             self.cache.move_to_end(image_id)
             return self.cache[image_id]
-        row = self.row(image_id)
-        feats = LazyFeatures(image_id, row["artifact_uri"], self)
+        feats = LazyFeatures(image_id, self.artifact(image_id), self)
         self.cache[image_id] = feats
         return feats
 
@@ -95,6 +95,11 @@ class FeatureStore:
         if row["status"] != STATUS_OK:
             raise ValueError(f"image {image_id!r} failed extraction: {row['error']}")
         return row
+
+    def artifact(self, image_id: str) -> str:
+        """The URL of the image's artifact: its row's ``artifact_uri`` resolved against this run
+        (:func:`~matchmill.manifests.artifacts.resolve_artifact`; a moved or copied run reads its own)."""
+        return resolve_artifact(self.run_url, self.row(image_id)["artifact_uri"])
 
     def image_size(self, image_id: str) -> tuple[int, int]:
         """(width, height) of the original image, from the extract manifest (no image read)."""

@@ -11,7 +11,12 @@ import math
 
 import pyarrow as pa
 
-from matchmill.geometry.pair_metrics import DEFAULT_AGGREGATE_CONF, aggregate_metric_records, aggregate_metrics
+from matchmill.geometry.pair_metrics import (
+    AGGREGATE_BOUNDS,
+    DEFAULT_AGGREGATE_CONF,
+    aggregate_metric_records,
+    aggregate_metrics,
+)
 from matchmill.manifests.commit import read_stage
 from matchmill.manifests.schemas import METRICS
 from matchmill.manifests.storage import exists, join, read_bytes, write_bytes_atomic
@@ -26,6 +31,8 @@ _COLUMNS = [
 
 #: The metrics section's keys, defined with their comments in ``geometry/pair_metrics.py``.
 STAGE_DEFAULTS = dict(DEFAULT_AGGREGATE_CONF)
+#: Bounds of its numbers (each threshold of a list), defined in ``geometry/pair_metrics.py``.
+STAGE_BOUNDS = dict(AGGREGATE_BOUNDS)
 
 
 def build(conf: dict, run_url: str) -> pa.Table:

@@ -40,6 +40,8 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "min_spread": 0.05,  # accept: inliers' convex hull covers at least this fraction of each image
     "draw": 6,  # accepted pairs drawn into the report (most inliers first); 0 = none
 }
+#: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``); check_conf says why.
+STAGE_BOUNDS = {"min_inliers": ">= 8", "min_inlier_ratio": "[0, 1]", "min_spread": "[0, 1]"}
 
 #: Ground-truth columns a mined pair never carries (the pair was not connected by SfM).
 GT_COLUMNS = ("K0", "K1", "T_0to1", "H_0to1")

@@ -29,6 +29,17 @@ def _stage_defaults() -> dict:
 #: The pairs section: the strategy keys (datasets/pair_strategies.py), then the MegaDepth
 #: covisibility recipe's keys (datasets/megadepth.py), each commented next to its code.
 STAGE_DEFAULTS: dict = _stage_defaults()
+
+
+def _stage_bounds() -> dict:
+    from matchmill.datasets.megadepth import DEFAULT_BOUNDS
+    from matchmill.datasets.pair_strategies import STRATEGY_BOUNDS
+
+    return {**STRATEGY_BOUNDS, **DEFAULT_BOUNDS}
+
+
+#: Bounds of the section's numbers, declared beside each half's defaults.
+STAGE_BOUNDS: dict = _stage_bounds()
 #: Sources whose images a strategy other than covisibility pairs (the others list their pairs).
 IMAGE_SOURCES = ("demo", "megadepth", "folder")
 
@@ -65,14 +76,14 @@ def check_source(conf: dict) -> None:
     Called by the runner before any stage is touched, so a wrong ``data.root`` never costs a
     committed stage. Scene sources also have their COLMAP cameras vetted here
     (:func:`check_scene_cameras`)."""
-    import fsspec
+    from matchmill.manifests.storage import url_to_fs
 
     data = conf["data"]
     source = data["source"]
 
     def must_exist(key: str) -> None:
         value = data[key]
-        fs, path = fsspec.core.url_to_fs(str(value))
+        fs, path = url_to_fs(str(value))
         if not fs.exists(path):
             raise FileNotFoundError(f"data.{key} {str(value)!r} does not exist (data.source={source})")
 
@@ -241,6 +252,31 @@ def check_row(row: dict) -> str | None:
     return None
 
 
+def normalize_ids(row: dict) -> dict:
+    """``row`` with its image ids in their one form (:func:`normalize_image_id`: ``./a.jpg`` is
+    ``a.jpg``) and its pair id rebuilt from them, whatever the source (a pairs file, a ready
+    parquet manifest, a folder, a COLMAP model); a name holding ``|`` or leaving its root fails
+    the row. Failed rows keep their key (it may be a location such as ``pairs.txt:3``)."""
+    from matchmill.manifests.schemas import make_pair_id, normalize_image_id
+
+    if row.get("status", STATUS_OK) != STATUS_OK:
+        return row
+    image0, image1 = row.get("image0"), row.get("image1")
+    if not image0 or not image1:
+        return row  # check_row names the missing id
+    try:
+        ids = normalize_image_id(image0), normalize_image_id(image1)
+    except ValueError as exc:
+        return {**row, "status": STATUS_FAILED, "error": f"pairs: {row['pair_id']}: {exc}"}
+    if ids == (image0, image1):
+        return row
+    if ids[0] == ids[1]:
+        return {**row, "status": STATUS_FAILED, "error": f"pairs: {row['pair_id']}: self-pair: {image0} and {image1} "
+                                                          f"are one image ({ids[0]})"}
+    key = make_pair_id(*ids) if row["pair_id"] == make_pair_id(image0, image1) else row["pair_id"]
+    return {**row, "pair_id": key, "image0": ids[0], "image1": ids[1]}
+
+
 def build(conf: dict, run_url: str | None = None) -> Iterator[pa.Table]:
     """The pairs stage: PAIRS tables streamed from ``data.source`` (see :func:`iter_pair_tables`)."""
     return iter_pair_tables(conf, run_url=run_url)
@@ -258,6 +294,7 @@ def iter_pair_tables(conf: dict, chunk_rows: int = CHUNK_ROWS, run_url: str | No
     de-duplication), so its memory hardly grows with the length of a streamed pairs file."""
     rows, seen, emitted = [], set(), False
     for row in source_rows(conf, run_url):
+        row = normalize_ids(row)
         if row["pair_id"] in seen:
             log.warning("duplicate pair %s dropped", row["pair_id"])
             continue

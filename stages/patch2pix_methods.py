@@ -58,6 +58,8 @@ class ResNet34Extractor:
         "fp16": True,  # store the pyramid as float16 (halves artifact size)
         "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
+    #: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+    conf_bounds = {"multiple": ">= 1"}
     uses_device = True
 
     def __init__(self, conf: dict):
@@ -105,6 +107,8 @@ class NCNetProposer:
         "relocalize": 0,  # move each proposal to the best raw f4 correlation within this many cells (0 = NCNet as is)
         "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
+    #: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+    conf_bounds = {"nc_threshold": "[0, 1)"}  # NC scores lie in [0, 1]; kept when above the threshold
     uses_device = True
 
     def __init__(self, conf: dict):
@@ -151,6 +155,8 @@ class Patch2PixRefiner:
         "feat_channels": None,  # channels of the stored f0..f3; None = read from the features (resnet34: [3, 64, 64, 128])
         "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
+    #: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+    conf_bounds = {"confidence": "[0, 1)", "feat_channels": ">= 1"}  # fine confidences lie in (0, 1)
     needs_features = True
     uses_device = True
 

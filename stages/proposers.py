@@ -11,6 +11,7 @@ class MutualNNProposer:
     """Mutual nearest neighbours between the keypoint descriptors of both images."""
 
     default_conf = dict(MutualNNMatcher.default_conf)
+    conf_bounds = dict(MutualNNMatcher.conf_bounds)
 
     def __init__(self, conf: dict):
         self.matcher = MutualNNMatcher(conf)

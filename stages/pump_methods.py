@@ -71,6 +71,8 @@ class PumpExtractor:
         "pyramid": False,  # also store the 5-level pyramid f0..f4 (models/backbones.py) for ncnet + patch2pix
         "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
+    #: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+    conf_bounds = {"dense_min_scale": "(0, 1]", "keypoint_min_scale": "(0, 1]"}
     uses_device = True
 
     def __init__(self, conf: dict):
@@ -149,6 +151,8 @@ class PumpPyramidProposer:
         "min_cc_size": 50,  # post-filter: drop components with at most this many matches
         "max_proposals": 0,  # keep the top-N by score; 0 = all
     }
+    #: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+    conf_bounds = {"max_scale": ">= 1", "base_scale": "(0, 1]", "memory_budget_mb": "> 0"}
     uses_device = True
 
     def __init__(self, conf: dict):

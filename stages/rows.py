@@ -4,7 +4,8 @@ A stage's per-row function gets a :class:`Row` (scalars as Python values, list c
 views into the batch: ``row["matches"]`` is (N, 4) float32, ``row["K0"]`` (9,) float64) and returns
 the new columns of that row (scalars, NumPy arrays). Columns a stage does not produce are passed
 through as Arrow arrays, untouched. Any exception becomes a ``status = "failed"`` row with the error
-text; rows that arrive already failed pass through with their error, so nothing disappears
+text, except :class:`~matchmill.manifests.storage.StorageUnavailable` (storage failing, not the row),
+which stops the stage uncommitted; rows that arrive already failed pass through with their error, so nothing disappears
 between stages.
 """
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from matchmill.manifests.columns import list_rows, rows_to_list_array
 from matchmill.manifests.schemas import STATUS_FAILED, STATUS_OK
-from matchmill.manifests.storage import conform
+from matchmill.manifests.storage import StorageUnavailable, conform
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ def process_rows(
         row = Row(cols, i)
         try:
             results[i] = fn(row)
+        except StorageUnavailable:
+            raise  # the storage failed, not the row: stop the stage uncommitted (a rerun resumes)
         except Exception as exc:  # noqa: BLE001 - a bad row must never stop the batch
             message = f"{stage}: {type(exc).__name__}: {exc}"
             log.warning("%s %s failed: %s\n%s", key, row.get(key), message, traceback.format_exc(limit=3))

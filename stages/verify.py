@@ -7,7 +7,12 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from matchmill.geometry.pair_metrics import DEFAULT_PAIR_METRICS_CONF, evaluate_pair, has_homography_gt
+from matchmill.geometry.pair_metrics import (
+    DEFAULT_PAIR_METRICS_CONF,
+    PAIR_METRICS_BOUNDS,
+    evaluate_pair,
+    has_homography_gt,
+)
 from matchmill.geometry.robust import find_fundamental, find_homography
 from matchmill.manifests.columns import as_matches
 from matchmill.manifests.schemas import VERIFIED
@@ -21,6 +26,8 @@ STAGE_DEFAULTS = {
     "geometry": "auto",  # auto (H when the pair has H ground truth, else F) | homography | fundamental
     **DEFAULT_PAIR_METRICS_CONF,
 }
+#: Bounds of its numbers, defined with the keys in ``geometry/pair_metrics.py``.
+STAGE_BOUNDS = dict(PAIR_METRICS_BOUNDS)
 
 
 def choose_model(row, geometry: str) -> str:

@@ -66,7 +66,7 @@ def run_results(run_url: str) -> dict:
     for stage in COMPARED_STAGES:
         table = read_stage(run_url, stage).sort_by(get_stage(stage).key)
         table = table.drop_columns([c for c in ("seconds",) if c in table.column_names])
-        if "artifact_uri" in table.column_names:  # absolute URLs: compare them relative to the run
+        if "artifact_uri" in table.column_names:  # absolute URLs (older versions): compare them relative to the run
             i = table.column_names.index("artifact_uri")
             relative = pc.replace_substring(table.column(i), run_url.rstrip("/") + "/", "<run>/")
             table = table.set_column(i, pa.field("artifact_uri", pa.string()), relative)
@@ -93,5 +93,6 @@ def demo_reference(tmp_path_factory, ray_local, demo_root) -> dict:
     start = time.monotonic()
     result = run_pipeline(conf, echo=lambda _: None)
     out = run_results(result.run_url)
+    out["run_url"] = result.run_url  # copy it (shutil.copytree), never change it: the session shares it
     out["seconds"] = {"run": time.monotonic() - start, **{r.stage: r.seconds for r in result.stages}}
     return out

@@ -258,6 +258,15 @@ TABLE: list[Kind] = [
     Kind("memory:// storage", overrides("storage=memory://x"), ("memory://", "Ray workers cannot see it"), STOPS),
     Kind("storage URL without bucket", overrides("storage=s3://"), ("storage 's3://' has no bucket",), STOPS),
     Kind("storage URL with an empty bucket", overrides("storage=s3:///runs"), ("storage 's3:///runs' has no bucket",), STOPS),
+    # issue 19: values that used to pass and then wrote in the wrong place or computed nonsense
+    Kind("storage URL without //", overrides("storage=s3:/bucket"), ("storage 's3:/bucket'", "did you mean s3://bucket?"),
+         STOPS),
+    Kind("storage URL with an unknown protocol", overrides("storage=s4://bucket"), ("unknown protocol 's4'",), STOPS),
+    Kind("run name leaving the storage folder", overrides("run_name=.."),
+         ("run_name: '..' must not be '.' or '..'",), STOPS),
+    Kind("number out of its bounds", overrides("verify.max_iters=-5"), ("verify.max_iters: must be >= 1, got -5",), STOPS),
+    Kind("key given twice on the command line", overrides("verify.max_iters=5", "verify.max_iters=7"),
+         ("verify.max_iters: given twice on the command line",), STOPS),
     Kind("weights with pickled code", make_pickled_code,
          ("extract.weights: refusing to load", "evil.pt", "holds pickled objects/code", "global posix.system"), STOPS),
     Kind("COLMAP fisheye camera", make_fisheye_scene,
@@ -466,8 +475,11 @@ def test_a_bad_job_stops_before_any_work(kind: Kind, tmp_path, demo_root, capsys
     x = Inputs(root=tmp_path, images=tmp_path / "images", demo_root=demo_root)
     storage = tmp_path / "runs"
     overrides = kind.make(x)
+    # a row's own storage replaces the test's: a key given twice on the command line is itself a stop row
+    given = {o.split("=", 1)[0] for o in overrides}
+    base = [o for o in (f"storage=file://{storage}", f"data.root={demo_root}") if o.split("=", 1)[0] not in given]
     capsys.readouterr()
-    code = cli_main(["run", str(DEMO_CONFIG), f"storage=file://{storage}", f"data.root={demo_root}", *overrides])
+    code = cli_main(["run", str(DEMO_CONFIG), *base, *overrides])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1, err

@@ -189,7 +189,8 @@ def test_remote_run_and_output(tmp_path):
         fs.get(f"{out}/{name}", str(tmp_path / name))
     assert get_keypoints(tmp_path / "keypoints.h5", B).shape == (4, 2)
     assert len(get_matches(tmp_path / "matches.h5", B, C)[0]) == 3
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(out, detail=False)) == ["keypoints.h5", "matches.h5", "pairs.txt"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(out, detail=False)) == [
+        "export.json", "keypoints.h5", "matches.h5", "pairs.txt"]  # the marker, put last
 
 
 def test_uncommitted_stage_is_a_clear_error(tmp_path):

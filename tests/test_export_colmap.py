@@ -115,7 +115,7 @@ def test_sparse_demo_chain_exports_every_inlier_at_its_native_keypoints(demo_run
     scores and descriptors the extract stage stored."""
     import h5py
 
-    from matchmill.manifests.artifacts import read_artifact
+    from matchmill.manifests.artifacts import read_artifact, resolve_artifact
     from matchmill.manifests.columns import matches_rows
     from matchmill.manifests.commit import read_stage
     from matchmill.pipeline.cli import main
@@ -131,7 +131,7 @@ def test_sparse_demo_chain_exports_every_inlier_at_its_native_keypoints(demo_run
     assert int(summary["matches"]) == int(summary["input_matches"]) == inliers > 5000
     assert printed[1].startswith(f"keypoints: native (the extract stage's), {inliers} of {inliers} matches kept")
 
-    stored = {r["image_id"]: read_artifact(r["artifact_uri"])
+    stored = {r["image_id"]: read_artifact(resolve_artifact(demo_run, r["artifact_uri"]))
               for r in read_stage(demo_run, "extract", columns=["image_id", "artifact_uri"]).to_pylist()}
     with h5py.File(out / "keypoints.h5", "r") as kf, h5py.File(out / "matches.h5", "r") as mf:
         for image, arrays in stored.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from matchmill.manifests.artifacts import resolve_artifact
 from matchmill.manifests.commit import COMMIT_MARKER, read_commit, read_stage
 from matchmill.pipeline.config import load_config
 from matchmill.pipeline.graph import get_stage
@@ -148,7 +149,7 @@ def test_feature_artifacts_lost_or_cut_at_rest_are_extracted_again(killed_actor_
     leaves the pair stages, which had read them intact, committed."""
     conf, result, _, _, _ = killed_actor_run
     rows = read_stage(result.run_url, "extract").to_pylist()
-    (lost, lost_uri), (cut, cut_uri) = ((r["image_id"], r["artifact_uri"]) for r in rows[2:4])
+    (lost, lost_uri), (cut, cut_uri) = ((r["image_id"], resolve_artifact(result.run_url, r["artifact_uri"])) for r in rows[2:4])
     lost_path, cut_path = (Path(uri[len("file://"):]) for uri in (lost_uri, cut_uri))
     original = {p: p.read_bytes() for p in (lost_path, cut_path)}
     lost_path.unlink()

@@ -41,10 +41,10 @@ def runs(demo_root, tmp_path_factory):
 
 
 def test_every_stage_of_the_learned_chain_runs_on_the_pump_pyramid(runs):
-    from matchmill.manifests.artifacts import read_artifact
+    from matchmill.manifests.artifacts import read_artifact, resolve_artifact
 
     result = runs["shipped"]
-    feats = read_artifact(result.tables["extract"].to_pylist()[0]["artifact_uri"])
+    feats = read_artifact(resolve_artifact(result.run_url, result.tables["extract"].to_pylist()[0]["artifact_uri"]))
     assert [feats[f"f{i}"].shape[0] for i in range(5)] == [3, 128, 128, 128, 128] and "dense_0" not in feats
     for stage in ("propose", "refine", "verify"):
         rows = result.tables[stage].to_pylist()

@@ -213,8 +213,8 @@ def test_losing_the_worker_node_mid_stage_still_completes_every_row(cluster, cle
     clean_url, _, _, clean_nodes = clean_run
     worker_id = next(n["id"] for n in clean_nodes if "node1" in n["resources"])
     run_dir = tmp_path / "demo"
-    for stage in ("pairs", "images", "extract"):  # feature artifacts stay where the clean run wrote them
-        shutil.copytree(Path(clean_url[len("file://"):]) / stage, run_dir / stage)
+    for folder in ("pairs", "images", "extract", "artifacts"):  # a run's artifacts are its own (relative refs)
+        shutil.copytree(Path(clean_url[len("file://"):]) / folder, run_dir / folder)
     proc = subprocess.Popen(_run_args(tmp_path, demo_root, "demo", cluster.address), env=cluster.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
                             start_new_session=True)

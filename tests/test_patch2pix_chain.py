@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matchmill.manifests.artifacts import read_artifact
+from matchmill.manifests.artifacts import read_artifact, resolve_artifact
 from matchmill.pipeline.config import load_config
 from matchmill.pipeline.inprocess import run_inprocess
 from matchmill.stages.pairs import build_pairs
@@ -31,7 +31,7 @@ def test_chain_runs_and_keeps_matches_inside_the_images(chain_conf, tmp_path):
     conf = chain_conf("refine.confidence=0.0")
     result = run_inprocess(conf, f"file://{tmp_path}")
     feats = result.tables["extract"].to_pylist()
-    tensors = read_artifact(feats[0]["artifact_uri"])
+    tensors = read_artifact(resolve_artifact(result.run_url, feats[0]["artifact_uri"]))
     assert [tensors[f"f{i}"].shape[0] for i in range(5)] == [3, 64, 64, 128, 256]
     assert tensors["f4"].dtype == np.float16
     assert tensors["f0"].shape[1] % 16 == 0 and tensors["f0"].shape[2] % 16 == 0

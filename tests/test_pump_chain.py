@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matchmill.manifests.artifacts import read_artifact
+from matchmill.manifests.artifacts import read_artifact, resolve_artifact
 from matchmill.pipeline.config import ConfigError, load_config
 from matchmill.pipeline.inprocess import run_inprocess
 from matchmill.stages.pump_methods import stored_scales
@@ -32,7 +32,7 @@ def test_pyramid_chain_runs_end_to_end(pump_conf, tmp_path):
     result = run_inprocess(conf, f"file://{tmp_path}")
     feats = result.tables["extract"].to_pylist()
     assert all(f["status"] == "ok" for f in feats), [f["error"] for f in feats]
-    tensors = read_artifact(feats[0]["artifact_uri"])
+    tensors = read_artifact(resolve_artifact(result.run_url, feats[0]["artifact_uri"]))
     assert list(tensors["dense_scales"]) == pytest.approx([1.0, 2**-0.5, 0.5])
     d0 = tensors["dense_0"]
     assert d0.dtype == np.float16 and d0.shape[0] == 128 and max(d0.shape[1:]) == 160
@@ -52,7 +52,7 @@ def test_pump_descriptors_at_sift_keypoints_feed_mnn(pump_conf, tmp_path):
     conf = pump_conf("extract.keypoints=sift", "extract.max_keypoints=256", "propose.method=mnn",
                      "refine.method=identity")
     result = run_inprocess(conf, f"file://{tmp_path}")
-    tensors = read_artifact(result.tables["extract"].to_pylist()[0]["artifact_uri"])
+    tensors = read_artifact(resolve_artifact(result.run_url, result.tables["extract"].to_pylist()[0]["artifact_uri"]))
     kp, desc = tensors["keypoints"], tensors["descriptors"]
     assert 0 < len(kp) <= 256 and desc.shape == (len(kp), 128)
     assert np.allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-3)

@@ -14,7 +14,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from matchmill.pipeline.config import ConfigError, _check_keys, _type_ok, deep_merge, read_user_config
+from matchmill.pipeline.config import (
+    ConfigError,
+    _check_keys,
+    _type_ok,
+    check_run_name,
+    check_storage_url,
+    deep_merge,
+    read_user_config,
+)
 
 MODELS = ("pump", "ncnet", "patch2pix")
 from matchmill.models.device import AMP_CHOICES  # noqa: E402 - one definition of the AMP modes
@@ -160,9 +168,8 @@ def _check_values(conf: dict) -> None:
         raise ConfigError(f"train.amp: {t['amp']!r} is not one of {'|'.join(AMP_CHOICES)}")
     if not 0.0 <= d["val_fraction"] < 1.0:
         raise ConfigError(f"data.val_fraction: must be in [0, 1), got {d['val_fraction']}")
-    name = str(conf["run_name"])
-    if "/" in name.strip("/") or not name.strip():
-        raise ConfigError(f"run_name: {name!r} must be a single non-empty folder name")
+    check_run_name(conf["run_name"])  # the same rules as a pipeline run (pipeline/config.py)
+    check_storage_url(conf["storage"])
     if conf["storage"].startswith("memory://"):
         raise ConfigError("storage: memory:// is not shared with Ray workers; use file://, s3:// or gs://")
     if conf["model"] == "pump":
@@ -178,9 +185,9 @@ def storage_url(conf: dict) -> str:
     """Absolute storage URL (``file:///abs/path`` for local folders)."""
     storage = conf["storage"]
     if "://" not in storage:
-        return "file://" + str(Path(storage).resolve())
+        return "file://" + str(Path(storage).expanduser().resolve())
     if storage.startswith("file://") and not storage.startswith("file:///"):
-        return "file://" + str(Path(storage[len("file://"):]).resolve())
+        return "file://" + str(Path(storage[len("file://"):]).expanduser().resolve())
     return storage.rstrip("/")
 
 
