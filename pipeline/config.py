@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .graph import ALL_STAGES, EXECUTION_DEFAULTS, EXECUTION_KEYS, RAY_STAGES, STAGES  # noqa: F401 - re-exported
+from .graph import ALL_STAGES, EXECUTION_DEFAULTS, EXECUTION_KEYS, RAY_STAGES, STAGES  # noqa: F401 - re-exported, used
 
 #: The job's own keys; each stage's section comes from its spec (pipeline/graph.py).
 JOB_DEFAULTS: dict[str, Any] = {
@@ -280,7 +280,22 @@ def _check_types(conf: dict, defaults: dict, prefix: str) -> None:
                     )
 
 
+#: Numeric job keys that have no "off" value: null is refused (``extract.actors=`` on the command line).
+REQUIRED_NUMBERS = ("seed", "part_rows", "max_failed_fraction")
+
+
+def _check_required_numbers(conf: dict) -> None:
+    """Null where a number is needed stops with one line (it used to crash later in a comparison)."""
+    keys = [(k, conf[k]) for k in REQUIRED_NUMBERS]
+    keys += [(f"{s}.{k}", conf[s][k]) for s in RAY_STAGES for k, v in EXECUTION_DEFAULTS.items()
+             if isinstance(v, (int, float))]
+    for key, value in keys:
+        if value is None:
+            raise ConfigError(f"{key}: expected a number, got null")
+
+
 def _check_values(conf: dict) -> None:
+    _check_required_numbers(conf)
     sources = ("demo", "megadepth", "hpatches", "oxford", "pairs_file", "folder")
     if conf["data"]["source"] not in sources:
         raise ConfigError(f"data.source: {conf['data']['source']!r} is not one of {sources}")

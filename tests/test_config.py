@@ -139,6 +139,9 @@ def test_run_name_dotdot_never_touches_the_storage_parent(tmp_path, capsys):
     ("data.demo_width=8", "data.demo_width: must be >= 16"),
     ("data.max_image_pixels=0", "data.max_image_pixels: must be >= 1"),
     ("mine.draw=-1", "mine.draw: must be >= 0"),
+    ("extract.actors=", "extract.actors: expected a number, got null"),  # before: TypeError traceback
+    ("verify.batch_size=null", "verify.batch_size: expected a number, got null"),
+    ("part_rows=null", "part_rows: expected a number, got null"),
 ])
 def test_numbers_out_of_their_bounds_are_refused(override, message):
     with pytest.raises(ConfigError) as err:
