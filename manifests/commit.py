@@ -35,6 +35,7 @@ from .storage import (
     read_manifest,
     remove_tree,
     tree_sizes,
+    url_to_fs,
     write_bytes_atomic,
 )
 
@@ -226,6 +227,9 @@ def check_artifacts(run_url: str, stage: str, manifest: str, commit: CommitInfo)
 
 #: What :func:`storage_failed_parts` says of such a part (the runner recognises its repairs by it).
 STORAGE_FAILED = "failed by a storage error, not by its data"
+#: Set in ``CommitInfo.extra`` by versions that stop a stage on a storage error instead of failing
+#: its rows: such a commit holds no storage failures, and its parts are not read for them.
+STORAGE_STOPS = "storage_errors_stop"
 #: errno values of storage failing (EPERM, EIO, EAGAIN, EACCES, EBUSY, ENOSPC, EROFS, EPIPE,
 #: ECONNRESET, ETIMEDOUT, ECONNREFUSED, EDQUOT), as the error texts of older versions name them.
 _STORAGE_ERRNOS = {1, 5, 11, 13, 16, 28, 30, 32, 104, 110, 111, 122}
@@ -246,7 +250,7 @@ def storage_failed_parts(run_url: str, stage: str, manifest: str, commit: Commit
     from .schemas import MANIFESTS, STATUS_FAILED
 
     schema, key = MANIFESTS[manifest][:2]
-    if not commit.failed or "error" not in schema.names:
+    if not commit.failed or commit.extra.get(STORAGE_STOPS) or "error" not in schema.names:
         return {}
     problems: dict[str, str] = {}
     for url in part_files(run_url, stage):
@@ -299,8 +303,6 @@ def part_stamp(stage: str, config_hash: str) -> dict[str, str]:
 def read_part_stamp(url: str) -> dict[str, str]:
     """The stamp of a part (``{}`` for parts written before stamps existed), from its footer only."""
     import pyarrow.parquet as pq
-
-    from .storage import url_to_fs
 
     fs, path = url_to_fs(url)
     with fs.open(path, "rb") as f:

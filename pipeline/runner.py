@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from matchmill.manifests.commit import (
     COMMIT_MARKER,
     STORAGE_FAILED,
+    STORAGE_STOPS,
     CommitInfo,
     artifact_sizes,
     check_parts,
@@ -394,7 +395,7 @@ def _commit(state: StageState, conf: dict, url: str, seconds: float, execution: 
     spec = state.spec
     parts = file_sizes(stage_url(url, spec.name))
     rows, failed = count_rows(url, spec)
-    extra = {"config": _jsonable(stage_config(conf, spec))}
+    extra = {"config": _jsonable(stage_config(conf, spec)), STORAGE_STOPS: True}
     if len(execution) > 1:
         extra["execution"] = list(execution)
     if state.problems:

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pytest
 
 from matchmill.manifests.commit import (
+    STORAGE_STOPS,
     check_parts,
     part_files,
     read_commit,
@@ -52,8 +53,9 @@ def rewrite_committed(run_url: str, stage: str, change) -> None:
         write_manifest(change(read_manifest(url, stage)), url, stage)
     status = read_stage(run_url, stage, columns=["status"]).column("status").to_pylist()
     commit = read_commit(run_url, stage)
+    extra = {k: v for k, v in commit.extra.items() if k != STORAGE_STOPS}  # older versions did not stop
     write_commit(run_url, dataclasses.replace(commit, parts=file_sizes(stage_url(run_url, stage)),
-                                              failed=status.count("failed")))
+                                              failed=status.count("failed"), extra=extra))
 
 
 def set_column(table: pa.Table, name: str, values) -> pa.Table:
