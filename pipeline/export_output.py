@@ -41,7 +41,7 @@ import tempfile
 import uuid
 from datetime import datetime, timezone
 
-from matchmill.manifests.storage import StorageError, check_writable, is_local, url_to_fs
+from matchmill.manifests.storage import StorageError, check_writable, is_local, join, url_to_fs, write_bytes_atomic
 
 from .export import ExportError
 
@@ -221,13 +221,6 @@ class ExportOutput:
             for name in self.replaced:
                 if name not in written and name != MANIFEST_FILE:
                     self.fs.rm(posixpath.join(self.path, name))
-            data = (json.dumps(manifest, indent=1) + "\n").encode()
-            if self.local:
-                tmp = os.path.join(self.staging, MANIFEST_FILE)
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, os.path.join(self.path, MANIFEST_FILE))
-            else:
-                self.fs.pipe_file(posixpath.join(self.path, MANIFEST_FILE), data)
+            write_bytes_atomic(join(self.out, MANIFEST_FILE), (json.dumps(manifest, indent=1) + "\n").encode())
         except OSError as exc:
             raise StorageError(f"export destination {self.out!r}: publishing failed: {_one_line(exc)}") from exc
