@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from matchmill.method_conf import merge_conf
+from matchmill.config import merge_conf
 
 
 class MutualNNMatcher:
@@ -19,7 +19,7 @@ class MutualNNMatcher:
     conf_bounds = {"ratio": "[0, 1]", "min_similarity": "[-1, 1]", "chunk": ">= 1"}
 
     def __init__(self, conf: dict):
-        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__, allowed=("num_gpus",))
 
     def __call__(self, desc0: np.ndarray, desc1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Match.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from matchmill.method_conf import merge_conf
+from matchmill.config import merge_conf
 
 
 class SiftExtractor:
@@ -25,7 +25,7 @@ class SiftExtractor:
     conf_bounds = {"edge_threshold": "> 0", "n_octave_layers": ">= 1"}
 
     def __init__(self, conf: dict):
-        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__, allowed=("num_gpus",))
         self.sift = cv2.SIFT_create(
             nfeatures=0,
             nOctaveLayers=int(self.conf["n_octave_layers"]),

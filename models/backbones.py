@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 
 __all__ = ["BACKBONES", "PYRAMID_CONF", "KNOWN_CHANNELS", "PumpPyramid", "build_backbone", "backbone_channels"]
 

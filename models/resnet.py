@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 from .weights import OPTIONAL_SUFFIXES, load_weights, read_state_dict, state_dict_problems  # noqa: F401 - re-exported
 
 __all__ = [

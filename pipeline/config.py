@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from matchmill.config import ConfigError
+
 from .graph import ALL_STAGES, EXECUTION_DEFAULTS, EXECUTION_KEYS, RAY_STAGES, STAGES  # noqa: F401 - re-exported, used
 
 #: The job's own keys; each stage's section comes from its spec (pipeline/graph.py).
@@ -65,10 +67,6 @@ JOB_BOUNDS: dict[str, str] = {
 def method_sections() -> tuple[str, ...]:
     """Stages whose section has a ``method`` key (extract, propose, refine)."""
     return tuple(s.name for s in STAGES if s.has_method)
-
-
-class ConfigError(ValueError):
-    """The job configuration is invalid; the message names the key."""
 
 
 def default_config() -> dict:

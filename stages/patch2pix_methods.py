@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported where a method runs, n
 from matchmill.geometry.frames import resize_to_multiple, to_network, to_original
 from matchmill.models.device import autocast, check_amp
 
-from matchmill.method_conf import merge_conf
+from matchmill.config import merge_conf
 
 from .devices import method_device, no_grad, to_numpy
 
@@ -65,7 +65,7 @@ class ResNet34Extractor:
     def __init__(self, conf: dict):
         from matchmill.models.backbones import build_backbone
 
-        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__, allowed=("num_gpus",))
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "extract")
         self.net = build_backbone("resnet34", self.conf["weights"], int(self.conf["init_seed"])).to(self.device)
@@ -114,7 +114,7 @@ class NCNetProposer:
     def __init__(self, conf: dict):
         from matchmill.models.ncnet import DEFAULT_CONF, NCNet
 
-        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__, allowed=("num_gpus",))
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "propose")
         _seeded(self.conf["init_seed"])
@@ -161,7 +161,7 @@ class Patch2PixRefiner:
     uses_device = True
 
     def __init__(self, conf: dict):
-        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__, allowed=("num_gpus",))
         check_amp(self.conf["amp"])
         self.device = method_device(self.conf, "refine")
         self._net: torch.nn.Module | None = None  # built for the first f0..f3 layout it meets

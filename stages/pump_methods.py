@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported where a method runs, n
     import torch
 
 from matchmill.geometry.frames import resize_to_multiple, to_network, to_original
-from matchmill.method_conf import merge_conf
+from matchmill.config import merge_conf
 from matchmill.models.device import autocast, check_amp
 
 from .devices import method_device, no_grad, to_numpy
@@ -79,7 +79,7 @@ class PumpExtractor:
         from matchmill.models.backbones import PumpPyramid
         from matchmill.models.pump.convmixer import DEFAULT_CONF, PumpConvMixer, cpu_sized
 
-        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__, allowed=("num_gpus",))
         if self.conf["keypoints"] not in ("none", "sift"):
             raise ValueError(f"extract.keypoints must be 'none' or 'sift', got {self.conf['keypoints']!r}")
         if not (self.conf["dense"] or self.conf["pyramid"] or self.conf["keypoints"] == "sift"):
@@ -157,7 +157,7 @@ class PumpPyramidProposer:
 
     def __init__(self, conf: dict):
         import torch
-        self.conf = merge_conf(self.default_conf, conf, type(self).__name__)
+        self.conf = merge_conf(self.default_conf, conf, type(self).__name__, allowed=("num_gpus",))
         if float(self.conf["max_scale"]) < 1:
             raise ValueError(f"propose.max_scale must be >= 1, got {self.conf['max_scale']}")
         method_device(self.conf, "propose")  # fail fast on num_gpus > 0 without a GPU; matching runs on CPU

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from matchmill.models.conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 
 from .net_io import check_descriptors
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 from .pyramid_infer import InferencePyramid, build_inference_pyramid, iter_final_level0, level0_rows, level1_rows
 from .pyramid_train import CELL, CELL_CENTRE
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matchmill.models.conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 from matchmill.models.resnet import normalize_image
 
 __all__ = [

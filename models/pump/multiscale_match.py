@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 from torch import Tensor
 
-from ..conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 from .dense_match import DEFAULT_CONF as SINGLE_SCALE_CONF
 from .dense_match import single_scale_candidates
 

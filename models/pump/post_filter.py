@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from ..conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 
 __all__ = ["DEFAULT_CONF", "link_pairs", "connected_components", "post_filter"]
 

@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 import torch
 
-from matchmill.models.conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 
 __all__ = [
     "SYNTH_CONF",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from matchmill.models.conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 
 from .ap_loss import ap_loss
 from .net_io import normalize_images

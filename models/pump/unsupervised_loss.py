@@ -12,7 +12,7 @@ from typing import Mapping
 
 from torch import Tensor
 
-from ..conf import merge_model_conf
+from matchmill.config import merge_conf as merge_model_conf
 from .pyramid_train import atomic_descriptors, build_pyramid, initial_correlation, rectify, subsample_grid
 
 __all__ = ["DEFAULT_CONF", "uniqueness_loss", "pyramid_top", "unsupervised_loss"]
