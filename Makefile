@@ -15,6 +15,7 @@ demo: install
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
+# Performance scripts (docs/benchmarks.md): pipeline overhead; the full suite (PERF_FLAGS=--quick: smaller).
 bench: install
 	$(PYTHON) benchmarks/pipeline_overhead.py
 

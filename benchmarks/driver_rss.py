@@ -30,7 +30,7 @@ IMAGE_SIZE = (96, 72)  # (width, height) of the generated images
 #: Runs inside the fresh process: the CLI's own main(), then the process's peak and current RSS.
 PROBE = """
 import json, sys
-from matchmill.pipeline.cli import main
+from matchmill.cli import main
 code = main(sys.argv[1:])
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 kib = lambda key: int(status[key].split()[0])

@@ -13,7 +13,7 @@ it prints the inlier matches kept (exported matches / verify's inliers; for the 
 every unordered pair is written once, over the inliers of the pairs it writes) and the
 reconstruction:
 registered images, mean reprojection error (px) and 3D points. The hloc exports are
-reconstructed by :func:`matchmill.pipeline.hloc_reconstruction.reconstruct_hloc_export` (hloc's
+reconstructed by :func:`matchmill.pipeline.export.reconstruct_hloc_export` (hloc's
 ``reconstruction.main`` steps through pycolmap, including its own geometric verification), the
 COLMAP database by ``pycolmap.incremental_mapping`` as it is. pycolmap's mapper is seeded but
 multi-threaded, so the reconstruction figures can move slightly between runs.
@@ -32,7 +32,7 @@ def demo_run(work: Path, pairs: int) -> tuple[str, Path]:
     """Run the demo config under ``work``; returns (run URL, image folder)."""
     import ray
 
-    from matchmill.datasets.demo_scene import ensure_demo_scene
+    from matchmill.datasets.demo import ensure_demo_scene
     from matchmill.pipeline.config import load_config
     from matchmill.pipeline.runner import run_pipeline
 
@@ -49,9 +49,7 @@ def demo_run(work: Path, pairs: int) -> tuple[str, Path]:
 def figures(run_url: str, images: Path, work: Path) -> list[dict]:
     import pycolmap
 
-    from matchmill.pipeline.export import export_hloc
-    from matchmill.pipeline.export_colmap import export_colmap
-    from matchmill.pipeline.hloc_reconstruction import reconstruct_hloc_export
+    from matchmill.pipeline.export import export_colmap, export_hloc, reconstruct_hloc_export
 
     def rec_figures(rec) -> dict:
         if rec is None:

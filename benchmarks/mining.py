@@ -1,7 +1,7 @@
 """``matchmill mine`` on a rendered scene family with ground truth: counts, time per step,
 precision / recall, and how the candidate count grows with the number of images.
 
-The family (evaluation/mining.py): ``--scenes`` demo scenes (training seeds from 1000 on; the
+The family (evaluation/benchmarks/mining.py): ``--scenes`` demo scenes (training seeds from 1000 on; the
 held-out seeds 0-2 are refused), ``--cameras`` views each, SfM models split in two camera groups.
 With ``--scope scene`` (default) candidates pair images of one scene that share no SfM point;
 with ``--scope all`` a candidate may also pair two different places, which verification must
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra dotted overrides of configs/mine.yaml")
     args = parser.parse_args(argv)
 
-    from matchmill.evaluation.mining import scene_truth, score_mining, write_mining_family
+    from matchmill.evaluation.benchmarks.mining import scene_truth, score_mining, write_mining_family
     from matchmill.manifests.commit import read_stage
     from matchmill.pipeline.config import load_config
     from matchmill.pipeline.graph import MINE_GRAPH

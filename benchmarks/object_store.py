@@ -3,7 +3,7 @@ injected faults: wall time of each, ratios measured in this one run, fault count
 
 Usage:  python benchmarks/object_store.py [--pairs 24] [--fault-rate 0.1] [--repeats 1]
 
-The S3 runs go through :class:`tests.s3_loopback.FaultProxy` (also with ``--fault-rate 0``, so
+The S3 runs go through :class:`tests.helpers.s3_loopback.FaultProxy` (also with ``--fault-rate 0``, so
 that the proxy's own cost is in both S3 figures and the faults' cost is their difference).
 Embedded Ray with 2 CPUs, started once before the runs, and one uncounted warm-up run (Ray's
 start-up and first worker processes are in no figure); the kinds alternate within each repeat.
@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import s3fs
 
-    from matchmill.datasets.demo_scene import ensure_demo_scene
+    from matchmill.datasets.demo import ensure_demo_scene
     from matchmill.pipeline.config import load_config
     from matchmill.pipeline.runner import run_pipeline
-    from tests.conftest import assert_same_results, run_results
-    from tests.s3_loopback import LoopbackS3
+    from tests.helpers.runs import assert_same_results, run_results
+    from tests.helpers.s3_loopback import LoopbackS3
 
     work = Path(tempfile.mkdtemp(prefix="matchmill-object-store-"))
     demo = work / "demo"

@@ -61,7 +61,7 @@ def _setup(threads: int):
 
 
 def _pairs(data: Path, width: int, height: int, count: int) -> list[dict]:
-    from matchmill.datasets.demo_scene import read_marker
+    from matchmill.datasets.demo import read_marker
     from matchmill.datasets.megadepth import select_megadepth_pairs
 
     root = data / f"demo_{width}x{height}"
@@ -275,7 +275,7 @@ def main() -> int:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     # render the scenes here, not in a worker: rendering would raise the worker's ru_maxrss
     # baseline above the peak of the work being measured
-    from matchmill.datasets.demo_scene import ensure_demo_scene
+    from matchmill.datasets.demo import ensure_demo_scene
 
     for w, h in SIZES:
         ensure_demo_scene(Path(args.data) / f"demo_{w}x{h}", seed=0, width=w, height=h)

@@ -132,7 +132,7 @@ def compare_chain(out: Path, name: str, scene: Path, chain: list[str], resize: i
 
 
 def section_overhead(out: Path, sizes: Sizes) -> dict:
-    from matchmill.datasets.demo_scene import ensure_demo_scene
+    from matchmill.datasets.demo import ensure_demo_scene
 
     scene = out / "scene-overhead"
     ensure_demo_scene(scene, num_cameras=sizes.overhead_cameras)
@@ -223,7 +223,7 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
 
-    from matchmill.datasets.demo_scene import ensure_demo_scene
+    from matchmill.datasets.demo import ensure_demo_scene
 
     start = time.perf_counter()
     res: dict = {"mode": "quick" if args.quick else "full", "sizes": asdict(sizes)}

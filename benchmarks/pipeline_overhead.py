@@ -86,7 +86,7 @@ def measure_actor_scaling(out: Path, cameras: int, width: int = 640, height: int
     one of ``cameras`` views, so that the fixed cost (actor start-up, model load) cancels out.
     With ``repeats`` > 1 every configuration runs that many times (interleaved) and the fastest
     run counts: on a shared machine it is the least disturbed one."""
-    from matchmill.datasets.demo_scene import ensure_demo_scene
+    from matchmill.datasets.demo import ensure_demo_scene
     from matchmill.pipeline.config import load_config
 
     sizes = (cameras // 3, cameras)
@@ -120,7 +120,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench_out"), help="scratch folder (deleted first)")
     args = parser.parse_args()
 
-    from matchmill.datasets.demo_scene import ensure_demo_scene
+    from matchmill.datasets.demo import ensure_demo_scene
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

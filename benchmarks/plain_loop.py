@@ -1,7 +1,7 @@
 """The loop a user writes instead of matchmill: OpenCV SIFT + NumPy mutual NN + pydegensac F, one process.
 
 No matchmill import: this is the baseline ``benchmarks/beat_the_loop.py`` compares matchmill with.
-Its parameters mirror matchmill's classical chain (``classical/sift.py``, ``classical/mutual_nn.py``,
+Its parameters mirror matchmill's classical chain (``methods/sift.py``, ``methods/mutual_nn.py``,
 ``geometry/robust.py``) so that both give the same matches, but the code is written from scratch:
 
 - read with cv2 (BGR -> RGB -> gray), downscale so the longer side is at most ``--resize-max``

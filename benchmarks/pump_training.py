@@ -42,15 +42,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spin-wai
 import numpy as np
 import torch
 
-from matchmill.classical.sift import SiftExtractor
-from matchmill.datasets.demo_scene import ensure_demo_scene
+from matchmill.methods.sift import SiftExtractor
+from matchmill.datasets.demo import ensure_demo_scene
 from matchmill.datasets.image_io import load_image
+from matchmill.geometry.homography import warp_points
 from matchmill.models.pump.convmixer import PumpConvMixer, cpu_sized
 from matchmill.models.pump.extract import dense_descriptors, descriptor_scales, sample_at_keypoints
 from matchmill.models.pump.net_io import save_net_weights
 from matchmill.models.pump.synthetic import CPU_SYNTH_CONF, TrainingPair, make_synthetic_pair
 from matchmill.models.pump.training import collate_pairs, make_optimizer, training_step
-from matchmill.training.validation import mutual_nn as _mutual, warp_points
+from matchmill.training.validation import mutual_nn as _mutual
 
 EVAL_CONF = {**CPU_SYNTH_CONF, "crop_size": 128, "window_size": 192}
 GRID_STEP = 8
@@ -60,7 +61,7 @@ THRESHOLD = 3.0
 def _mma(p1: np.ndarray, p2: np.ndarray, H: np.ndarray) -> tuple[float, int]:
     if len(p1) == 0:
         return 0.0, 0
-    err = np.linalg.norm(warp_points(H, p1) - p2, axis=1)
+    err = np.linalg.norm(warp_points(p1, H) - p2, axis=1)
     return float((err <= THRESHOLD).mean()), len(p1)
 
 
@@ -77,7 +78,7 @@ def evaluate(net: torch.nn.Module, pairs: list[TrainingPair], sift: SiftExtracto
         g = np.arange(GRID_STEP // 2, n, GRID_STEP, dtype=np.float64)
         gx, gy = np.meshgrid(g, g)
         pts = np.stack([gx.ravel(), gy.ravel()], 1)
-        gt = np.rint(warp_points(pair.H, pts))
+        gt = np.rint(warp_points(pts, pair.H))
         ok = (gt >= 0).all(1) & (gt[:, 0] < n) & (gt[:, 1] < n)
         ok[ok] &= pair.img2[gt[ok, 1].astype(int), gt[ok, 0].astype(int)].max(-1) > 0
         pts = pts[ok]

@@ -28,7 +28,7 @@ class SequentialResult:
 
 def build_method(conf: dict, stage: str):
     """The registered method of ``<stage>.method`` with its own config keys (as the stage actors do)."""
-    from matchmill.stages.registry import build_method as build
+    from matchmill.methods.registry import build_method as build
 
     return build(stage, conf[stage])
 
@@ -48,7 +48,8 @@ def run_sequential(conf: dict, pairs: pa.Table, threads: int | None = None) -> S
     import torch
 
     from matchmill.stages.extract import ExtractActor
-    from matchmill.stages.propose import check_matches
+    from matchmill.stages.propose import propose_pair
+    from matchmill.stages.refine import refine_pair
     from matchmill.stages.verify import VerifyActor
 
     threads = threads or os.cpu_count() or 1
@@ -56,7 +57,6 @@ def run_sequential(conf: dict, pairs: pa.Table, threads: int | None = None) -> S
     extractor = ExtractActor(conf, "memory://unused", "sequential")
     proposer = build_method(conf, "propose")
     refiner = build_method(conf, "refine")
-    refiner_needs_features = getattr(refiner, "needs_features", False)
     verifier = VerifyActor(conf)
     torch.set_num_threads(threads)  # the stage actors limit themselves to their Ray CPUs; a script does not
     cv2.setNumThreads(threads)
@@ -68,12 +68,9 @@ def run_sequential(conf: dict, pairs: pa.Table, threads: int | None = None) -> S
             tensors, _ = extractor.compute({"path": row["path" + side], "crop": row["crop" + side]})
             feats.append(tensors)
             result.extract_calls += 1
-        matches, scores = proposer(feats[0], feats[1])
-        check_matches(matches, scores, "propose")
-        extra = {"feats0": feats[0], "feats1": feats[1], "row": row} if refiner_needs_features else {}
-        matches, scores = refiner(np.asarray(matches, np.float32).reshape(-1, 4),
-                                  np.asarray(scores, np.float32).reshape(-1), **extra)
-        check_matches(matches, scores, "refine")
+        matches, scores = propose_pair(proposer, feats[0], feats[1])
+        matches, scores = refine_pair(refiner, np.asarray(matches, np.float32).reshape(-1, 4),
+                                      np.asarray(scores, np.float32).reshape(-1), feats[0], feats[1])
         verified = verifier.verify_one({**row, "matches": np.asarray(matches).reshape(-1, 4)})
         result.num_matches[row["pair_id"]] = len(matches)
         result.num_inliers[row["pair_id"]] = verified["num_inliers"]

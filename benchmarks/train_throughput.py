@@ -38,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.train_fixtures import demo_pairs_manifest  # noqa: E402
+from tests.helpers.train_fixtures import demo_pairs_manifest  # noqa: E402
 
 from matchmill.training.config import load_train_config  # noqa: E402
 from matchmill.training.train_log import read_log  # noqa: E402
@@ -68,7 +68,7 @@ def log_rate(run_url: str, batch: int) -> float:
 
 def plain_loop(conf: dict, steps: int) -> float:
     """Samples/s of a one-process loop over the same samples and loss, no Ray, no log, no checkpoints."""
-    from matchmill.training.task import make_task
+    from matchmill.training.tasks import make_task
 
     torch.set_num_threads(int(conf["scaling"]["cpus_per_worker"] * conf["scaling"]["workers"]))
     task = make_task(conf, torch.device("cpu"), 0, 1)
@@ -92,7 +92,7 @@ def checkpoint_cost(conf: dict) -> tuple[float, float]:
     """Seconds to write one checkpoint folder and to read it back into the net + optimiser."""
     from matchmill.models.weights import load_weights
     from matchmill.training.checkpoints import load_checkpoint, save_checkpoint
-    from matchmill.training.task import make_task
+    from matchmill.training.tasks import make_task
 
     task = make_task(conf, torch.device("cpu"), 0, 1)
     task.setup_data()
@@ -121,7 +121,7 @@ def main() -> int:
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
 
-    from matchmill.datasets.demo_scene import ensure_demo_scene
+    from matchmill.datasets.demo import ensure_demo_scene
     from matchmill.training.trainer import run_training
 
     work = Path(tempfile.mkdtemp(prefix="matchmill-train-bench-"))

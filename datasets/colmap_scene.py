@@ -166,7 +166,7 @@ class CameraInfo:
 
 def _model_table() -> dict[int, tuple[str, int]]:
     """COLMAP camera model id -> (name, number of parameters), from pycolmap."""
-    import pycolmap
+    import pycolmap  # lazy: start-up time (pycolmap is slow to import)
 
     table = {}
     for name, model_id in pycolmap.CameraModelId.__members__.items():
@@ -257,7 +257,7 @@ def _check_binary_sizes(path: Path) -> None:
 
 def _read_reconstruction(path: Path):
     """pycolmap.Reconstruction of ``path``, or ValueError naming the folder."""
-    import pycolmap
+    import pycolmap  # lazy: start-up time (pycolmap is slow to import)
 
     if not path.is_dir():
         raise ValueError(f"COLMAP model folder does not exist: {path}")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .image_sources import IMAGE_EXTENSIONS
 from .pairs_file import pair_row
 
 #: Sequences left out by the D2-Net protocol (an image larger than 1600x1200): 116 -> 108.
@@ -39,9 +40,6 @@ D2NET_EXCLUDED_SEQUENCES: frozenset[str] = frozenset(
         "v_talent",
     }
 )
-
-#: Image extensions tried, in order, for an image index.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".ppm", ".png", ".jpg", ".jpeg", ".pgm")
 
 _HPATCHES_GT = re.compile(r"^H_1_(\d+)$")
 _OXFORD_GT = re.compile(r"^H1to(\d+)p$")
@@ -71,7 +69,8 @@ def read_homography_file(path: str | os.PathLike) -> np.ndarray:
 
 
 def find_image(folder: Path, stem: str) -> Path | None:
-    """``folder/stem<ext>`` for the first existing extension of IMAGE_EXTENSIONS, else None."""
+    """``folder/stem<ext>`` for the first existing extension of
+    :data:`~matchmill.datasets.image_sources.IMAGE_EXTENSIONS` (``.ppm`` first), else None."""
     for ext in IMAGE_EXTENSIONS:
         candidate = folder / f"{stem}{ext}"
         if candidate.is_file():

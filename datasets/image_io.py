@@ -31,8 +31,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from matchmill.geometry.frames import resize_max, to_original  # noqa: F401 - frame conversions live in geometry/frames.py
-from matchmill.manifests.storage import StorageUnavailable, read_bytes
+from matchmill.manifests.storage import StorageUnavailable, read_bytes, url_to_fs
 
 #: Default pixel limit (w*h) above which an image is refused (decompression-bomb guard).
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -75,7 +74,6 @@ def _read(path: str) -> bytes:
 
 def _is_dir(path: str) -> bool:
     """Whether ``path`` names a directory (False when that cannot be told)."""
-    from matchmill.manifests.storage import url_to_fs
 
     try:
         fs, inner = url_to_fs(path)

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-#: File name endings listed by the folder source (lower case).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+from matchmill.manifests.schemas import normalize_image_id
+from matchmill.manifests.storage import full_url, is_local, url_to_fs
+
+from .colmap_scene import has_colmap_model, read_colmap_scene
+from .megadepth import crop_to_aspect
+
+#: Image file name endings (lower case): those the folder source lists, and, in this order, those
+#: HPatches / Oxford tries for an image index (:func:`matchmill.datasets.hpatches.find_image` takes
+#: the first that exists, so ``.ppm``, the HPatches format, comes first).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".ppm", ".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,6 @@ def folder_images(root: str | os.PathLike) -> list[SourceImage]:
     Raises:
         FileNotFoundError: ``root`` is not a folder.
     """
-    from matchmill.manifests.storage import full_url, is_local, url_to_fs
 
     fs, base = url_to_fs(os.fspath(root))
     if not fs.isdir(base):
@@ -80,7 +87,6 @@ def folder_images(root: str | os.PathLike) -> list[SourceImage]:
 def _id_error(image_id: str, path: str) -> str | None:
     """Why ``image_id`` cannot key an image (a ``|``, the pair-id separator, in the file name), else
     None: such an image becomes one failed row and pairs with nothing."""
-    from matchmill.manifests.schemas import normalize_image_id
 
     try:
         normalize_image_id(image_id)
@@ -102,8 +108,6 @@ def scene_images(root: str | os.PathLike, scene: str, conf: dict, require_model:
     Raises:
         ValueError: no model and ``require_model``, or an unreadable model (naming the folder).
     """
-    from .colmap_scene import has_colmap_model, read_colmap_scene
-    from .megadepth import crop_to_aspect
 
     scene_dir = Path(root) / scene
     images_dir = scene_dir / conf["images_dir"]
@@ -130,7 +134,6 @@ def scene_images(root: str | os.PathLike, scene: str, conf: dict, require_model:
 def _normal_or_raw(image_id: str) -> str:
     """The normalised id (``scene/./a.jpg`` -> ``scene/a.jpg``), or the id as is when it is refused
     (:func:`_id_error` then says why)."""
-    from matchmill.manifests.schemas import normalize_image_id
 
     try:
         return normalize_image_id(image_id)
@@ -141,7 +144,6 @@ def _normal_or_raw(image_id: str) -> str:
 def list_scene_folders(root: str | os.PathLike, conf: dict) -> list[str]:
     """Scene names under ``root``: ``conf["scenes"]``, else every subfolder with an images folder
     or a COLMAP model (sorted), minus ``conf["exclude_scenes"]``."""
-    from .colmap_scene import has_colmap_model
 
     root = Path(root)
     if not root.is_dir():

@@ -4,7 +4,7 @@ Layout: ``<root>/<scene>/{images,sparse,depths}`` with a COLMAP model in ``spars
 names are relative to ``images/``, and optional MegaDepth depth maps ``depths/<image stem>.h5``
 (dataset ``"depth"``, float32 (H, W) z-depth in the model's units, 0 = unknown).
 
-Selection follows Patch2Pix's MegaDepth recipe (``specs/patch2pix.md`` section 7):
+Selection follows Patch2Pix's MegaDepth recipe (``docs/specs/patch2pix.md`` section 7):
 
 1. Per image, take the 3D point ids it observes. When depth maps are present (``depth_check``),
    first drop observations whose 3D point depth disagrees with the depth map by more than
@@ -64,7 +64,7 @@ DEFAULT_CONF: dict[str, Any] = {
     "symmetric": True,  # keep both (i, j) and (j, i); False drops (j, i) once (i, j) is kept
     "seed": 0,  # seed of the visiting order (mixed with the scene name, so scenes are independent)
 }
-#: Bounds of those numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+#: Bounds of those numbers (notation: matchmill/config.py ``parse_bound``; undeclared: >= 0).
 DEFAULT_BOUNDS: dict[str, str] = {
     "depth_rel_tol": "> 0",
     "min_overlap": "[0, 1]",
@@ -113,7 +113,7 @@ def resolve_conf(conf: dict[str, Any] | None) -> dict[str, Any]:
 
 def load_depth(path: str | Path) -> np.ndarray:
     """MegaDepth depth map: (H, W) float32 z-depth from dataset ``"depth"`` of an h5 file."""
-    import h5py
+    import h5py  # lazy: only reading depth maps needs h5py
 
     with h5py.File(path, "r") as f:
         return np.asarray(f["depth"], dtype=np.float32)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .image_sources import SourceImage
+from .megadepth import covisibility_counts, relative_pose
 from .pairs_file import pair_row
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ STRATEGY_DEFAULTS: dict[str, Any] = {
     "loop_every": None,  # sequential: also pair every n-th image with every other n-th one (loop closure); None = off
     "global": None,  # retrieval: overrides of the global descriptor's conf (models/global_descriptor.py)
 }
-#: Bounds of the strategy keys' numbers (notation: pipeline/config.py ``parse_bound``; undeclared: >= 0).
+#: Bounds of the strategy keys' numbers (notation: matchmill/config.py ``parse_bound``; undeclared: >= 0).
 STRATEGY_BOUNDS: dict[str, str] = {
     "per_image": ">= 1",
     "min_similarity": "[-1, 1]",  # cosine similarity
@@ -77,7 +78,6 @@ def check_strategy_conf(conf: dict) -> None:
 
 def _row(a: SourceImage, b: SourceImage, similarity: float | None = None, shared: int | None = None) -> dict[str, Any]:
     """A pair row; the pose is given only when both images sit in the same SfM model."""
-    from .megadepth import relative_pose
 
     T = None
     if a.scene == b.scene and a.cam_from_world is not None and b.cam_from_world is not None:
@@ -161,7 +161,6 @@ def whiten(X: np.ndarray, dims: int | None) -> np.ndarray:
 def shared_point_matrix(images: Sequence[SourceImage], idx: Sequence[int]) -> np.ndarray | None:
     """(n, n) int64 3D points shared by the images ``idx`` (SfM model observations); images of
     different scenes share none; None when none of them has a model."""
-    from .megadepth import covisibility_counts
 
     if not any(images[i].has_model for i in idx):
         return None

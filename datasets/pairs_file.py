@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..manifests.schemas import PAIR_FIELDS, STATUS_FAILED, STATUS_OK, make_pair_id, normalize_image_id
+from ..manifests.storage import url_to_fs
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,6 @@ def iter_pairs_file(path: str | os.PathLike, images_dir: str | os.PathLike) -> I
     """The rows of :func:`read_pairs_file` one at a time: the file is read line by line, so a
     pairs list of any length costs the caller one row plus the set of keys seen (to drop
     duplicates, each with a warning naming its line and the first one)."""
-    from ..manifests.storage import url_to_fs
 
     path = os.fspath(path)
     images_dir = os.fspath(images_dir)

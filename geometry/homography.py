@@ -1,6 +1,6 @@
 """Homography metrics (HPatches protocol): corner error, reprojection error, MMA, accuracy.
 
-Protocol choices (see specs/patch2pix.md section 6.1 for the drift in the reference code):
+Protocol choices (see docs/specs/patch2pix.md section 6.1 for the drift in the reference code):
 
 - Corner error uses the four corners (0, 0), (w, 0), (w, h), (0, h) of image 0, with w, h the
   width and height of image 0 *in the frame the matches live in* (the original image unless the

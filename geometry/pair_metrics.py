@@ -14,8 +14,8 @@
 The estimated models are taken from the ``H_est`` / ``F_est`` arguments, else from the row's
 ``H_est`` / ``F_est`` columns (the F with the ``inliers`` argument), else estimated here with
 pydegensac using ``conf``; with the same config and seed every route gives the same model.
-``conf`` is normally the verify stage's config section: only the keys of
-DEFAULT_PAIR_METRICS_CONF are read, other keys are ignored.
+``conf`` holds keys of DEFAULT_PAIR_METRICS_CONF (the verify stage passes those of its section);
+an unknown key is an error (:func:`matchmill.config.merge_conf`).
 
 ``aggregate_metrics`` turns VERIFIED rows into benchmark numbers. AUCs, accuracies and MMA are
 fractions in [0, 1]. Rows with ``status == "failed"`` stay in every denominator: they count as
@@ -33,6 +33,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from matchmill.config import merge_conf
+from matchmill.manifests.storage import url_to_fs
 
 from .homography import (
     MMA_THRESHOLDS,
@@ -57,7 +60,7 @@ DEFAULT_PAIR_METRICS_CONF: dict[str, float] = {
     "pose_threshold": 0.5,  # OpenCV essential-matrix RANSAC threshold (px), LoFTR protocol
     "pose_confidence": 0.99999,  # OpenCV essential-matrix RANSAC confidence
 }
-#: Bounds of those keys (notation: pipeline/config.py ``parse_bound``), checked with the job's config.
+#: Bounds of those keys (notation: matchmill/config.py ``parse_bound``), checked with the job's config.
 PAIR_METRICS_BOUNDS: dict[str, str] = {
     "h_threshold": "> 0",
     "f_threshold": "> 0",
@@ -137,8 +140,6 @@ def has_homography_gt(row: Mapping[str, Any]) -> bool:
 
 def image_size(path: str) -> tuple[int, int]:
     """(width, height) of an image from its header; path may be any fsspec URL."""
-    from matchmill.manifests.storage import url_to_fs
-
     fs, inner = url_to_fs(path)  # not fsspec.open: a local name with '::' is not a URL chain
     try:
         from PIL import Image
@@ -164,10 +165,10 @@ def _image0_size(row: Mapping[str, Any], given: tuple[float, float] | None = Non
     return image_size(row["path0"])
 
 
-def _merge_conf(defaults: Mapping[str, Any], conf: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``defaults`` overridden by the same keys of ``conf``; other keys of conf are ignored."""
-    conf = conf or {}
-    return {key: value if conf.get(key) is None else conf[key] for key, value in defaults.items()}
+def _merge_conf(defaults: Mapping[str, Any], conf: Mapping[str, Any] | None, owner: str) -> dict[str, Any]:
+    """:func:`matchmill.config.merge_conf` (an unknown key raises ConfigError), a None value
+    meaning the default."""
+    return merge_conf(defaults, {k: v for k, v in (conf or {}).items() if v is not None}, owner)
 
 
 # ----------------------------------------------------------------------------- per pair
@@ -265,7 +266,7 @@ def evaluate_pair(
         row: pair row with PAIR_FIELDS keys (K0, K1 flat 9, T_0to1 flat 16, H_0to1 flat 9, or
             None); optional ``H_est`` / ``F_est`` (flat 9) columns; optional ``width0`` /
             ``height0`` (else the size is read from ``path0``'s header).
-        conf: overrides of DEFAULT_PAIR_METRICS_CONF (other keys ignored).
+        conf: overrides of DEFAULT_PAIR_METRICS_CONF (an unknown key raises ConfigError; None = default).
         H_est, F_est: (3, 3) models already estimated by the caller (e.g. the verify stage);
             they win over the row's columns. A given all-zero / non-finite model is a failure.
         image0_size: (width, height) of image 0 (the verify stage passes the features
@@ -278,7 +279,7 @@ def evaluate_pair(
     Raises:
         ValueError: malformed ground truth or mismatched keypoints.
     """
-    conf = _merge_conf(DEFAULT_PAIR_METRICS_CONF, conf)
+    conf = _merge_conf(DEFAULT_PAIR_METRICS_CONF, conf, "pair metrics")
     k0 = np.asarray(kpts0, dtype=np.float64).reshape(-1, 2)
     k1 = np.asarray(kpts1, dtype=np.float64).reshape(-1, 2)
     if len(k0) != len(k1):
@@ -383,7 +384,7 @@ def _aggregate(
     rows: Iterable[Mapping[str, Any]], conf: Mapping[str, Any] | None
 ) -> dict[str, tuple[float, int]]:
     """All aggregate metrics as {name: (value, number of pairs that entered it)}."""
-    conf = _merge_conf(DEFAULT_AGGREGATE_CONF, conf)
+    conf = _merge_conf(DEFAULT_AGGREGATE_CONF, conf, "aggregate metrics")
     rows = list(rows)
     n = len(rows)
     out: dict[str, tuple[float, int]] = {
@@ -410,7 +411,7 @@ def aggregate_metrics(
         rows: VERIFIED rows; the columns read are status, num_matches (or matches),
             num_inliers (or inliers), pose_error, pose_error_fdegensac, corner_error, mma,
             T_0to1, H_0to1 (and K0/K1 only through evaluate_pair, not here).
-        conf: overrides of DEFAULT_AGGREGATE_CONF (other keys ignored).
+        conf: overrides of DEFAULT_AGGREGATE_CONF (an unknown key raises ConfigError; None = default).
 
     Returns:
         ``num_pairs``, ``num_failed``, and ``mean_matches``, ``mean_inliers`` when there is a

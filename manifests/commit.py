@@ -15,16 +15,22 @@ sizes, every artifact present at its size; with ``deep``, every page's checksum 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+from matchmill.version import __version__
 
 from .artifacts import ARTIFACT_SUFFIX, artifact_folder, resolve_artifact, run_relative
-from .schemas import SCHEMA_VERSION
+from .schemas import MANIFESTS, SCHEMA_VERSION, STATUS_FAILED
 from .storage import (
     ManifestError,
     exists,
@@ -43,10 +49,20 @@ COMMIT_MARKER = "_COMMITTED.json"
 START_MARKER = "_STARTED.json"
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    from matchmill import __version__
-
-    return __version__
+    """The code that wrote a commit or a benchmark row: ``matchmill.__version__``, plus
+    ``+git-<describe>`` when the source is a git checkout (the one definition: commit markers and
+    the benchmark history record the same string)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        described = subprocess.run(
+            ["git", "-C", str(repo), "describe", "--always", "--dirty", "--tags"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        described = ""
+    return f"{__version__}+git-{described}" if described else __version__
 
 
 @dataclass
@@ -171,8 +187,6 @@ def _artifact_uri(run_url: str, key: str) -> str:
 def _artifact_rows(run_url: str, stage: str, manifest: str) -> dict[str, list[tuple[str, str]]]:
     """``{part name: [(image id, artifact URI), ...]}`` of the rows that have an artifact (parts
     that cannot be read are left to :func:`check_parts`)."""
-    from .schemas import MANIFESTS
-
     schema, key = MANIFESTS[manifest][:2]
     if ARTIFACT_COLUMN not in schema.names:
         return {}
@@ -247,8 +261,6 @@ def storage_failed_parts(run_url: str, stage: str, manifest: str, commit: Commit
     """``{part name: problem}`` for the parts holding rows that an older version committed as
     failed because storage failed (the current one stops the stage instead): redoing those parts
     retries them. Reads the parts' status and error columns only when the commit counts failures."""
-    from .schemas import MANIFESTS, STATUS_FAILED
-
     schema, key = MANIFESTS[manifest][:2]
     if not commit.failed or commit.extra.get(STORAGE_STOPS) or "error" not in schema.names:
         return {}
@@ -302,8 +314,6 @@ def part_stamp(stage: str, config_hash: str) -> dict[str, str]:
 
 def read_part_stamp(url: str) -> dict[str, str]:
     """The stamp of a part (``{}`` for parts written before stamps existed), from its footer only."""
-    import pyarrow.parquet as pq
-
     fs, path = url_to_fs(url)
     with fs.open(path, "rb") as f:
         meta = pq.read_metadata(f).metadata or {}
@@ -312,8 +322,6 @@ def read_part_stamp(url: str) -> dict[str, str]:
 
 def read_stage(run_url: str, stage: str, manifest: str | None = None, columns: list[str] | None = None) -> pa.Table:
     """Concatenate all part files of a stage (validated); the manifest is the stage's own unless given."""
-    from .schemas import MANIFESTS
-
     manifest = manifest or stage
     schema = MANIFESTS[manifest][0]
     tables = [read_manifest(url, manifest, columns) for url in part_files(run_url, stage)]
@@ -321,6 +329,17 @@ def read_stage(run_url: str, stage: str, manifest: str | None = None, columns: l
         empty = schema if columns is None else pa.schema([schema.field(c) for c in columns])
         return empty.empty_table()
     return pa.concat_tables(tables)
+
+
+def image_sizes(run_url: str) -> dict[str, tuple[int, int]]:
+    """``{image id: (width, height)}`` (original pixels) from the run's committed extract manifest;
+    {} without one. Failed rows and rows without a size are left out: a failed image's size is
+    not trusted (the exports refuse an image without one, the mine stage's spread counts 0)."""
+    if read_commit(run_url, "extract") is None:
+        return {}
+    rows = read_stage(run_url, "extract", columns=["image_id", "status", "width", "height"]).to_pylist()
+    return {r["image_id"]: (int(r["width"]), int(r["height"])) for r in rows
+            if r["status"] != STATUS_FAILED and r["width"] and r["height"]}
 
 
 def committed_keys(run_url: str, stage: str, manifest: str, key: str) -> tuple[set[str], list[str]]:

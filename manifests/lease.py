@@ -34,6 +34,7 @@ import logging
 import os
 import posixpath
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -281,8 +282,6 @@ def acquire_lease(run_url: str, command: str | None = None, stale_s: float | Non
 
     ``command``: what the holder runs, for the refusal message of others (default: this
     process's command line). ``heartbeat``: start the refresh thread."""
-    import sys
-
     stale_s = stale_seconds() if stale_s is None else float(stale_s)
     url = lease_url(run_url)
     now = time.time()
@@ -290,29 +289,35 @@ def acquire_lease(run_url: str, command: str | None = None, stale_s: float | Non
               "started_at": now, "heartbeat_at": now,
               "command": command if command is not None else " ".join(["matchmill", *sys.argv[1:]])}
     fs, _ = url_to_fs(url)
-    for _attempt in range(5):
-        held = read_lease(run_url)
-        if held is not None:
-            why = takeover_reason(held, stale_s)
-            if why is None:
-                raise LeaseError(_refusal(run_url, held, stale_s))
-            log.warning("run %s: taking over the lease of %s: %s", run_url,
-                        describe_holder(held) if held else "an unknown holder", why)
-        record["heartbeat_at"] = time.time()
-        if held is None and is_local(fs):
-            if not _create_exclusive(url, _dump(record)):
-                continue  # another writer created it between our read and our create: judge theirs
+    try:
+        for _attempt in range(5):
+            held = read_lease(run_url)
+            if held is not None:
+                why = takeover_reason(held, stale_s)
+                if why is None:
+                    raise LeaseError(_refusal(run_url, held, stale_s))
+                log.warning("run %s: taking over the lease of %s: %s", run_url,
+                            describe_holder(held) if held else "an unknown holder", why)
+            record["heartbeat_at"] = time.time()
+            if held is None and is_local(fs):
+                if not _create_exclusive(url, _dump(record)):
+                    continue  # another writer created it between our read and our create: judge theirs
+            else:
+                write_bytes_atomic(url, _dump(record))
+                time.sleep(settle_s)  # let a racing writer's PUT land, then see whose token stayed
+            now_held = read_lease(run_url)
+            if now_held is None or now_held.get("token") != record["token"]:
+                if now_held and takeover_reason(now_held, stale_s) is None:
+                    raise LeaseError(_refusal(run_url, now_held, stale_s))
+                continue
+            break
         else:
-            write_bytes_atomic(url, _dump(record))
-            time.sleep(settle_s)  # let a racing writer's PUT land, then see whose token stayed
-        now_held = read_lease(run_url)
-        if now_held is None or now_held.get("token") != record["token"]:
-            if now_held and takeover_reason(now_held, stale_s) is None:
-                raise LeaseError(_refusal(run_url, now_held, stale_s))
-            continue
-        break
-    else:
-        raise LeaseError(f"run {run_url}: could not take the lease {url} (other writers keep replacing it)")
+            raise LeaseError(f"run {run_url}: could not take the lease {url} (other writers keep replacing it)")
+    except BaseException:
+        # an interrupt (Ctrl-C, SIGTERM) after our write and before the lease is registered below
+        # would leave our file behind with nobody to release it: remove it while it is still ours
+        Lease(run_url, record, stale_s).release()
+        raise
     lease = Lease(run_url, record, stale_s)
     with _HELD_LOCK:
         _HELD[_key(run_url)] = lease

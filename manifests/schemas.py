@@ -20,6 +20,8 @@ Conventions shared by all manifests:
 
 from __future__ import annotations
 
+import posixpath
+
 import pyarrow as pa
 
 #: Bump when any schema below changes incompatibly; stored in every commit marker.
@@ -183,8 +185,6 @@ def normalize_image_id(name: str) -> str:
             ``r.jpg`` and ``p.jpg`` + ``q.jpg|r.jpg`` would be one pair), or leaves its root
             (``../x.jpg``).
     """
-    import posixpath
-
     if PAIR_SEPARATOR in name:
         raise ValueError(f"image name {name!r} contains {PAIR_SEPARATOR!r}, the pair-id separator; rename the file")
     normal = posixpath.normpath(name) if name else ""

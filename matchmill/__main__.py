@@ -1,3 +1,3 @@
-from matchmill.pipeline.cli import main
+from matchmill.cli import main
 
 raise SystemExit(main())

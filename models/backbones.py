@@ -31,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf
+
+from .pump.convmixer import DEFAULT_CONF as CONVMIXER_CONF
+from .pump.convmixer import PumpConvMixer, cpu_sized
+from .resnet import DEFAULT_CONF as RESNET_CONF
+from .resnet import ResNet34Pyramid
+from .weights import load_weights
 
 __all__ = ["BACKBONES", "PYRAMID_CONF", "KNOWN_CHANNELS", "PumpPyramid", "build_backbone", "backbone_channels"]
 
@@ -70,7 +76,7 @@ class PumpPyramid(nn.Module):
 
     def __init__(self, net: nn.Module, conf: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.conf = merge_model_conf(PYRAMID_CONF, conf, "PumpPyramid")
+        self.conf = merge_conf(PYRAMID_CONF, conf, "PumpPyramid")
         if int(net.conf["patch_size"]) != 4:
             raise ValueError(f"PumpPyramid needs a ConvMixer of patch size 4, got {net.conf['patch_size']}")
         self.net = net
@@ -117,15 +123,10 @@ def build_backbone(name: str, weights: str | None = None, seed: int = 0,
     """
     torch.manual_seed(int(seed))
     if name == "resnet34":
-        from .resnet import DEFAULT_CONF, ResNet34Pyramid
-
-        net = ResNet34Pyramid({**DEFAULT_CONF, "weights": weights})
+        net = ResNet34Pyramid({**RESNET_CONF, "weights": weights})
     elif name == "pump":
-        from .pump.convmixer import DEFAULT_CONF, PumpConvMixer, cpu_sized
-        from .weights import load_weights
-
-        c = merge_model_conf(PYRAMID_CONF, conf, "PumpPyramid")
-        net_conf = cpu_sized(DEFAULT_CONF) if c["cpu_sized"] else dict(DEFAULT_CONF)
+        c = merge_conf(PYRAMID_CONF, conf, "PumpPyramid")
+        net_conf = cpu_sized(CONVMIXER_CONF) if c["cpu_sized"] else dict(CONVMIXER_CONF)
         net_conf.update(c["net"] or {})
         mixer = PumpConvMixer(net_conf)
         if weights:

@@ -27,6 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from matchmill.geometry.frames import resize_max
+from matchmill.models.pump.convmixer import DEFAULT_CONF as NET_CONF
+from matchmill.models.pump.convmixer import PumpConvMixer, cpu_sized
+from matchmill.models.pump.extract import run_padded
+from matchmill.models.resnet import normalize_image
+from matchmill.models.weights import load_weights
+
 DEFAULT_CONF: dict[str, Any] = {
     "weights": "shipped:pump-convmixer-cpu",  # PUMP ConvMixer weights (shipped:NAME, path or URL); None = random init
     "cpu_sized": True,  # width-128 ConvMixer (must match the weights)
@@ -73,10 +80,6 @@ class GlobalDescriptor:
     """``(H, W, 3)`` uint8 RGB image -> ``(2 D grid^2,)`` float32 unit vector (see module docstring)."""
 
     def __init__(self, conf: Mapping[str, Any] | None = None, device: torch.device | str = "cpu") -> None:
-        from matchmill.models.pump.convmixer import DEFAULT_CONF as NET_CONF
-        from matchmill.models.pump.convmixer import PumpConvMixer, cpu_sized
-        from matchmill.models.weights import load_weights
-
         unknown = sorted(set(conf or {}) - set(DEFAULT_CONF))
         if unknown:
             raise ValueError(f"global descriptor: unknown keys {unknown} (known: {sorted(DEFAULT_CONF)})")
@@ -93,10 +96,6 @@ class GlobalDescriptor:
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        from matchmill.geometry.frames import resize_max
-        from matchmill.models.pump.extract import run_padded
-        from matchmill.models.resnet import normalize_image
-
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

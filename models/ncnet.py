@@ -1,6 +1,6 @@
 """NCNet-style patch proposals on the 1/8 backbone map (Patch2Pix's "adapted NCNet").
 
-Written from the spec (``specs/patch2pix.md`` §2), not from any reference implementation.
+Written from the spec (``docs/specs/patch2pix.md`` §2), not from any reference implementation.
 
 Pipeline for one image pair (f4 features at stride 8, ``ksize`` = k = 2):
 
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf
 
 __all__ = [
     "DEFAULT_CONF",
@@ -440,11 +440,14 @@ class NCNet(nn.Module):
         ...     matches, scores = ncnet.extract_matches(out)
     """
 
+    #: Its entry in models/official_checkpoints.py (which official checkpoint layouts it reads).
+    checkpoint_kind = "ncnet"
+
     default_conf = DEFAULT_CONF
 
     def __init__(self, conf: Mapping | None = None) -> None:
         super().__init__()
-        self.conf = merge_model_conf(DEFAULT_CONF, conf, "NCNet")
+        self.conf = merge_conf(DEFAULT_CONF, conf, "NCNet")
         channels = list(self.conf["nc_channels"])
         if not channels or channels[-1] != 1:
             raise ValueError(f"the last NC layer must output 1 channel, got nc_channels={channels}")

@@ -158,38 +158,15 @@ def strip_dataparallel(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _net_kind(net: nn.Module) -> str | None:
-    """Which of our modules ``net`` is (imports lazily: the models import the weights loader)."""
-    from .ncnet import NCNet
-    from .patch2pix import Patch2Pix
-    from .pump.convmixer import PumpConvMixer
-    from .pump.r2d2 import R2D2Net
-    from .resnet import ResNet34Pyramid
-
-    for kind, cls in (
-        ("convmixer", PumpConvMixer),
-        ("r2d2net", R2D2Net),
-        ("ncnet", NCNet),
-        ("patch2pix", Patch2Pix),
-        ("resnet34", ResNet34Pyramid),
-    ):
-        if isinstance(net, cls):
-            return kind
-    return None
-
-
-#: Our module kind -> the official layouts it takes, tried in this order.
-_LAYOUTS_FOR: dict[str, tuple[str, ...]] = {
-    "convmixer": ("pump",),
-    "r2d2net": ("r2d2",),
-    "ncnet": ("patch2pix", "ncnet"),
-    "patch2pix": ("patch2pix",),
-    "resnet34": ("torchvision", "patch2pix", "ncnet"),
-}
+    """Which of our modules ``net`` is: its class attribute ``checkpoint_kind`` (a key of
+    :data:`_PLANS`; ``None`` for a module that declares none, which takes no official layout)."""
+    return getattr(net, "checkpoint_kind", None)  # any nn.Module may be given; ours declare it
 
 
 def layouts_for(net: nn.Module) -> tuple[str, ...]:
     """The official layouts (keys of :data:`LAYOUTS`) that ``net`` can take; empty for other modules."""
-    return _LAYOUTS_FOR.get(_net_kind(net) or "", ())
+    kind = _net_kind(net)
+    return tuple(layout for (k, layout) in _PLANS if k == kind)
 
 
 def _matches(layout: str, keys: set[str]) -> bool:
@@ -313,74 +290,110 @@ class _Plan:
     refuse: bool = False  # the net cannot take this layout at all (the notes say why): no key checks
 
 
+def _everything(key: str) -> bool:
+    return True
+
+
+def _nothing(key: str) -> bool:
+    return False
+
+
+def _convmixer_from_pump(net: nn.Module, layout: str) -> _Plan:
+    return _Plan("all keys (the ConvMixer's nn.Sequential indices)", _pump_key(len(net.blocks)), _everything, _nothing)
+
+
+def _patch2pix_from_patch2pix(net: nn.Module, layout: str) -> _Plan:
+    return _Plan(
+        "the 'regress_mid.' / 'regress_fine.' keys (extract / ncn are the other stages' parts)",
+        _patch2pix_regressor_key,
+        lambda k: k.startswith(("regress_mid.", "regress_fine.")),
+        lambda k: k.startswith(("extract.", "ncn.")),
+    )
+
+
+def _ncnet_from_official(net: nn.Module, layout: str) -> _Plan:
+    prefix = "ncn." if layout == "patch2pix" else "NeighConsensus."
+    others = ("extract.", "regress_mid.", "regress_fine.") if layout == "patch2pix" else ("FeatureExtraction.",)
+    return _Plan(
+        f"the '{prefix}' keys (Conv4d weights permuted from (k, Cout, Cin, k, k, k))",
+        _nc_key(prefix),
+        lambda k: k.startswith(prefix),
+        lambda k: k.startswith(others),
+        _conv4d_to_ours,
+        _conv4d_official_shape,
+    )
+
+
+def _resnet34_from_torchvision(net: nn.Module, layout: str) -> _Plan:
+    return _Plan(
+        "conv1 / bn1 / layer1..3 (layer4 and fc are never built)",
+        lambda k: k,
+        lambda k: not k.startswith(("layer4.", "fc.")),
+        lambda k: k.startswith(("layer4.", "fc.")),
+    )
+
+
+def _resnet34_from_patch2pix(net: nn.Module, layout: str) -> _Plan:
+    return _Plan(
+        "the 'extract.' keys (torchvision names; extract.layer4 is never built)",
+        lambda k: f"extract.{k}",
+        lambda k: k.startswith("extract.") and not k.startswith("extract.layer4."),
+        lambda k: k.startswith(("extract.layer4.", "ncn.", "regress_mid.", "regress_fine.")),
+    )
+
+
+def _resnet34_from_ncnet(net: nn.Module, layout: str) -> _Plan:
+    return _Plan(
+        "the 'FeatureExtraction.' keys",
+        lambda k: None,
+        lambda k: k.startswith("FeatureExtraction."),
+        lambda k: k.startswith("NeighConsensus."),
+        refuse=True,
+        notes=(
+            "an NCNet (ImMatchNet) checkpoint's FeatureExtraction is a ResNet-101 (or VGG / DenseNet), "
+            "not the ResNet34 this net is; point the ResNet34 extractor at a torchvision resnet34 file "
+            "or a Patch2Pix checkpoint, and propose.weights at the NCNet file",
+        ),
+    )
+
+
+def _r2d2net_from_r2d2(net: nn.Module, layout: str) -> _Plan:
+    dilations = tuple(int(m.dilation[0]) for m in net.modules() if isinstance(m, nn.Conv2d))
+    notes: tuple[str, ...] = ()
+    if dilations != _R2D2_OFFICIAL_DILATIONS:
+        notes = (
+            f"architecture mismatch: naver/r2d2 Quad_L2Net (dilated) runs its convs at dilations "
+            f"{list(_R2D2_OFFICIAL_DILATIONS)}, this R2D2Net at {list(dilations)}; the keys would map "
+            f"but the descriptors would differ",
+        )
+    return _Plan(
+        "the 'ops.' keys (clf / sal confidence heads are not built)",
+        lambda k: f"ops.{k[len('layers.'):]}" if k.startswith("layers.") else None,
+        lambda k: not k.startswith(("clf.", "sal.")),
+        lambda k: k.startswith(("clf.", "sal.")),
+        notes=notes,
+    )
+
+
+#: (our net's ``checkpoint_kind``, official layout) -> how that net reads that layout. The layouts
+#: of one kind are tried in this order (:func:`layouts_for`, :func:`detect_layout`).
+_PLANS: dict[tuple[str, str], Callable[[nn.Module, str], _Plan]] = {
+    ("convmixer", "pump"): _convmixer_from_pump,
+    ("r2d2net", "r2d2"): _r2d2net_from_r2d2,
+    ("ncnet", "patch2pix"): _ncnet_from_official,
+    ("ncnet", "ncnet"): _ncnet_from_official,
+    ("patch2pix", "patch2pix"): _patch2pix_from_patch2pix,
+    ("resnet34", "torchvision"): _resnet34_from_torchvision,
+    ("resnet34", "patch2pix"): _resnet34_from_patch2pix,
+    ("resnet34", "ncnet"): _resnet34_from_ncnet,
+}
+
+
 def _plan(kind: str, layout: str, net: nn.Module) -> _Plan:
     """The :class:`_Plan` for our module ``kind`` reading official ``layout``."""
-    everything = lambda k: True  # noqa: E731
-    nothing = lambda k: False  # noqa: E731
-    if kind == "convmixer" and layout == "pump":
-        return _Plan("all keys (the ConvMixer's nn.Sequential indices)", _pump_key(len(net.blocks)), everything, nothing)
-    if kind == "patch2pix" and layout == "patch2pix":
-        return _Plan(
-            "the 'regress_mid.' / 'regress_fine.' keys (extract / ncn are the other stages' parts)",
-            _patch2pix_regressor_key,
-            lambda k: k.startswith(("regress_mid.", "regress_fine.")),
-            lambda k: k.startswith(("extract.", "ncn.")),
-        )
-    if kind == "ncnet" and layout in ("patch2pix", "ncnet"):
-        prefix = "ncn." if layout == "patch2pix" else "NeighConsensus."
-        others = ("extract.", "regress_mid.", "regress_fine.") if layout == "patch2pix" else ("FeatureExtraction.",)
-        return _Plan(
-            f"the '{prefix}' keys (Conv4d weights permuted from (k, Cout, Cin, k, k, k))",
-            _nc_key(prefix),
-            lambda k: k.startswith(prefix),
-            lambda k: k.startswith(others),
-            _conv4d_to_ours,
-            _conv4d_official_shape,
-        )
-    if kind == "resnet34" and layout == "torchvision":
-        return _Plan(
-            "conv1 / bn1 / layer1..3 (layer4 and fc are never built)",
-            lambda k: k,
-            lambda k: not k.startswith(("layer4.", "fc.")),
-            lambda k: k.startswith(("layer4.", "fc.")),
-        )
-    if kind == "resnet34" and layout == "patch2pix":
-        return _Plan(
-            "the 'extract.' keys (torchvision names; extract.layer4 is never built)",
-            lambda k: f"extract.{k}",
-            lambda k: k.startswith("extract.") and not k.startswith("extract.layer4."),
-            lambda k: k.startswith(("extract.layer4.", "ncn.", "regress_mid.", "regress_fine.")),
-        )
-    if kind == "resnet34" and layout == "ncnet":
-        return _Plan(
-            "the 'FeatureExtraction.' keys",
-            lambda k: None,
-            lambda k: k.startswith("FeatureExtraction."),
-            lambda k: k.startswith("NeighConsensus."),
-            refuse=True,
-            notes=(
-                "an NCNet (ImMatchNet) checkpoint's FeatureExtraction is a ResNet-101 (or VGG / DenseNet), "
-                "not the ResNet34 this net is; point the ResNet34 extractor at a torchvision resnet34 file "
-                "or a Patch2Pix checkpoint, and propose.weights at the NCNet file",
-            ),
-        )
-    if kind == "r2d2net" and layout == "r2d2":
-        dilations = tuple(int(m.dilation[0]) for m in net.modules() if isinstance(m, nn.Conv2d))
-        notes: tuple[str, ...] = ()
-        if dilations != _R2D2_OFFICIAL_DILATIONS:
-            notes = (
-                f"architecture mismatch: naver/r2d2 Quad_L2Net (dilated) runs its convs at dilations "
-                f"{list(_R2D2_OFFICIAL_DILATIONS)}, this R2D2Net at {list(dilations)}; the keys would map "
-                f"but the descriptors would differ",
-            )
-        return _Plan(
-            "the 'ops.' keys (clf / sal confidence heads are not built)",
-            lambda k: f"ops.{k[len('layers.'):]}" if k.startswith("layers.") else None,
-            lambda k: not k.startswith(("clf.", "sal.")),
-            lambda k: k.startswith(("clf.", "sal.")),
-            notes=notes,
-        )
-    raise ValueError(f"{type(net).__name__} does not take the official {layout!r} layout")
+    if (kind, layout) not in _PLANS:
+        raise ValueError(f"{type(net).__name__} does not take the official {layout!r} layout")
+    return _PLANS[kind, layout](net, layout)
 
 
 # ----------------------------------------------------------------------------- conversion

@@ -1,6 +1,6 @@
 """Patch2Pix refinement: mid and fine regressors, patch expansion, weakly supervised loss.
 
-Implemented from ``specs/patch2pix.md`` sections 3-5 (a description of the official code, not
+Implemented from ``docs/specs/patch2pix.md`` sections 3-5 (a description of the official code, not
 the code itself). The proposal stage (backbone, NCNet) lives elsewhere; this module starts from
 a feature pyramid per image and a set of (N, 4) pixel matches ``[xA, yA, xB, yB]``.
 
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf as strict_merge  # this module's own merge_conf adds its value checks
 
 __all__ = [
     "DEFAULT_CONF",
@@ -95,7 +95,7 @@ def merge_conf(conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     Raises:
         ValueError: on unknown keys or inconsistent values.
     """
-    out = merge_model_conf(DEFAULT_CONF, conf, "Patch2Pix")
+    out = strict_merge(DEFAULT_CONF, conf, "Patch2Pix")
     _validate_conf(out)
     return out
 
@@ -358,6 +358,9 @@ class Patch2Pix(nn.Module):
     batch (BatchNorm statistics over the whole pair); in eval mode they are processed in chunks
     of ``regr_batch`` (results do not depend on the chunking since BN uses running stats).
     """
+
+    #: Its entry in models/official_checkpoints.py (which official checkpoint layouts it reads).
+    checkpoint_kind = "patch2pix"
 
     default_conf = DEFAULT_CONF
 

@@ -1,7 +1,7 @@
 """Patch2Pix training helpers: one training example per image pair, one optimiser step per batch.
 
 Pure PyTorch / numpy (OpenCV only to resize images, like the extract stage); no Ray, no storage.
-Implemented from ``specs/patch2pix.md`` sections 2.10, 3 and 4 (a description of the official
+Implemented from ``docs/specs/patch2pix.md`` sections 2.10, 3 and 4 (a description of the official
 code, not the code itself). The Ray Train loop, checkpoints and data loading live elsewhere and
 call these functions.
 
@@ -21,7 +21,7 @@ Flow for one image pair::
 Frames. Every pixel coordinate here uses the OpenCV pixel-centre convention of the rest of
 matchmill: the centre of the top-left pixel is (0, 0). Resizing a ``w x h`` image to ``w' x h'``
 maps ``x' = (x + 0.5) * s_x - 0.5`` with ``s_x = w' / w`` (same for y), which is what
-``cv2.resize`` does and what :func:`matchmill.datasets.image_io.to_original` inverts. In matrix
+``cv2.resize`` does and what :func:`matchmill.geometry.frames.to_original` inverts. In matrix
 form that is ``A = [[s_x, 0, (s_x - 1) / 2], [0, s_y, (s_y - 1) / 2], [0, 0, 1]]`` and
 ``K' = A K``: ``fx, fy`` scale by ``s`` and ``c' = s (c + 0.5) - 0.5``. The reference code uses
 the plain ``diag(s_x, s_y, 1) K`` (corner convention); the difference is a ``(s - 1) / 2`` px
@@ -46,11 +46,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from matchmill.geometry.epipolar import fundamental_from_pose
+from matchmill.geometry.frames import floor_to_multiple
 from matchmill.models.patch2pix import (
     Patch2Pix,
     batch_loss,
@@ -139,8 +141,6 @@ def _map_points(points: np.ndarray, scale_xy: Sequence[float]) -> np.ndarray:
 
 def network_size(width: int, height: int, multiple: int = MULTIPLE) -> tuple[int, int]:
     """``(W', H')``: both sides floored to a multiple of ``multiple`` (as the extract stage does)."""
-    from matchmill.geometry.frames import floor_to_multiple
-
     return floor_to_multiple(width, height, multiple, what="Patch2Pix training")
 
 
@@ -150,8 +150,6 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ``cv2.INTER_AREA`` when shrinking (the extract stage's choice, so training and inference see
     the same pixels), bicubic when enlarging (the reference's interpolation).
     """
-    import cv2
-
     h, w = image.shape[:2]
     if (w, h) == tuple(size):
         return image

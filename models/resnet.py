@@ -1,6 +1,6 @@
 """Truncated ResNet34 feature pyramid (the frozen Patch2Pix / NCNet backbone).
 
-Written from the spec (``specs/patch2pix.md`` §1), not from any reference implementation.
+Written from the spec (``docs/specs/patch2pix.md`` §1), not from any reference implementation.
 
 The network is the torchvision ResNet34 layout (7x7/2 stem, 3x3/2 max-pool, BasicBlock x [3, 4, 6, 3])
 cut after ``layer3``; ``layer4`` and ``fc`` are never built. With ``change_stride`` (the released
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf
 from .weights import OPTIONAL_SUFFIXES, load_weights, read_state_dict, state_dict_problems  # noqa: F401 - re-exported
 
 __all__ = [
@@ -129,11 +129,14 @@ class ResNet34Pyramid(nn.Module):
         [(3, 64, 96), (64, 32, 48), (64, 16, 24), (128, 8, 12), (256, 8, 12)]
     """
 
+    #: Its entry in models/official_checkpoints.py (which official checkpoint layouts it reads).
+    checkpoint_kind = "resnet34"
+
     default_conf = DEFAULT_CONF
 
     def __init__(self, conf: Mapping | None = None) -> None:
         super().__init__()
-        self.conf = merge_model_conf(DEFAULT_CONF, conf, "ResNet34Pyramid")
+        self.conf = merge_conf(DEFAULT_CONF, conf, "ResNet34Pyramid")
         layers = list(self.conf["layers"])
         if len(layers) != 3 or any(int(n) < 1 for n in layers):
             raise ValueError(f"'layers' must list 3 positive block counts (layer1..layer3), got {layers}")

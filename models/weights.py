@@ -30,6 +30,10 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from matchmill.weights import is_shipped, shipped_path
+
+from . import official_checkpoints as oc
+
 __all__ = [
     "METADATA_GLOBALS",
     "OPTIONAL_SUFFIXES",
@@ -82,8 +86,6 @@ def read_state_dict(source: WeightsSource) -> dict[str, Tensor]:
     """
     if isinstance(source, Mapping):
         return _as_state_dict(source, "state dict")
-    from matchmill.weights import is_shipped, shipped_path
-
     if is_shipped(source):  # shipped:NAME -> the file inside the installed package
         source = shipped_path(str(source))
     if "://" in str(source):
@@ -315,8 +317,6 @@ def _official(
     the file is an official checkpoint of another net). Raises ValueError, naming the layout and the
     official keys, when the file is recognised but does not map completely.
     """
-    from . import official_checkpoints as oc
-
     if oc.detect_layout(net, given) is not None:
         conv = oc.convert_state_dict(net, given)
         official_problems = conv.problems(strict)

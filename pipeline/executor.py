@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -41,7 +42,7 @@ from matchmill.manifests.storage import (
     write_manifest,
 )
 
-from .graph import StageSpec
+from .graph import StageSpec, _import
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ def _trace(event: str, what: str = "") -> None:
     """Append ``time pid event what`` to $MATCHMILL_TRACE (a debugging aid for start-up costs)."""
     path = os.environ.get("MATCHMILL_TRACE")
     if path:
-        import time
-
         with open(path, "a") as f:
             f.write(f"{time.time():.3f} {os.getpid()} {event} {what}\n")
 
@@ -179,8 +178,6 @@ class StageActor:
 
     def __init__(self, implementation: str, conf: dict, run_url: str, config_hash: str, position: int, manifest: str,
                  read_args: dict | None = None):
-        from .graph import _import
-
         self.read_args = read_args  # the segment's first pool reads its input ranges itself
         _trace("actor-init-start", implementation)
         self.impl = _import(implementation)(conf, run_url, config_hash)
@@ -216,8 +213,6 @@ def apply_stage(impl, batch: pa.Table, position: int, schema: pa.Schema) -> pa.T
 def stateless_stage(batch: pa.Table, implementation: str, conf: dict, run_url: str, config_hash: str,
                     position: int, manifest: str) -> pa.Table:
     """A stage whose method loads nothing (the identity refiner), run inside a zero-CPU task."""
-    from .graph import _import
-
     impl = _import(implementation)(conf, run_url, config_hash)
     return apply_stage(impl, batch, position, MANIFESTS[manifest][0])
 

@@ -36,7 +36,7 @@ EXECUTION_DEFAULTS: dict[str, Any] = {
 }
 
 
-#: Bounds of the execution keys (notation: pipeline/config.py ``parse_bound``; an undeclared numeric
+#: Bounds of the execution keys (notation: matchmill/config.py ``parse_bound``; an undeclared numeric
 #: key must be >= 0). Whether a pool fits the cluster is checked once Ray is up (runtime.check_resources).
 EXECUTION_BOUNDS: dict[str, str] = {
     "actors": "[1, 4096]",  # a generous cap: each actor is a worker process
@@ -85,7 +85,7 @@ class StageSpec:
 
     @property
     def schema(self):
-        from matchmill.manifests.schemas import MANIFESTS
+        from matchmill.manifests.schemas import MANIFESTS  # lazy: pyarrow; the CLI imports this module (via pipeline.config)
 
         return MANIFESTS[self.name][0]
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from matchmill.manifests.storage import join, write_manifest
+from matchmill.stages.images import unique_images
+from matchmill.stages.pairs import build_pairs
 
 from .graph import STAGES
 from .runner import stage_hashes
@@ -32,9 +34,6 @@ def run_inprocess(conf: dict, run_url: str, pairs: pa.Table | None = None) -> In
     Each Ray stage's output is written under ``run_url`` as one part file, exactly where the Ray
     run writes its parts (pair stages read the extract manifest and artifacts back the same way).
     """
-    from matchmill.stages.images import unique_images
-    from matchmill.stages.pairs import build_pairs
-
     out = InProcessResult(run_url=run_url)
     hashes = stage_hashes(conf)
     pairs = build_pairs(conf) if pairs is None else pairs

@@ -14,6 +14,7 @@ Ray Data execution (a barrier); propose -> refine -> verify stream as one (see e
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from matchmill.config import ConfigError
 from matchmill.manifests.commit import (
     COMMIT_MARKER,
     STORAGE_FAILED,
@@ -54,9 +57,14 @@ from matchmill.manifests.storage import (
     url_to_fs,
     write_manifest,
 )
+from matchmill.methods.registry import REGISTRIES, load_method, random_init_warning
+from matchmill.stages.metrics import read_summary
+from matchmill.stages.pairs import check_source
 
-from .config import EXECUTION_KEYS, ConfigError, run_url, stage_hash
-from .graph import ALL_STAGES, STAGES, StageSpec, section_value
+from .config import run_url, stage_hash
+from .executor import SegmentInput, StagePlan, describe_fit, fit_reservations, run_segment
+from .graph import ALL_STAGES, EXECUTION_KEYS, STAGES, StageSpec, get_stage, section_value
+from .runtime import init_ray, shutdown_started_ray
 from .stray import check_stage_folders
 
 log = logging.getLogger(__name__)
@@ -183,8 +191,6 @@ def describe_replacement(conf: dict, replaced: list[tuple[StageSpec, CommitInfo]
 
 
 def _jsonable(value):
-    import json
-
     return json.loads(json.dumps(value, default=str))
 
 
@@ -219,15 +225,11 @@ def describe_repairs(states: list[StageState]) -> list[str]:
 def preflight(conf: dict, states: list[StageState]) -> None:
     """Checks that need the data source, done before anything is written."""
     if any(s.spec.name == "pairs" and s.action != "skip" for s in states):
-        from matchmill.stages.pairs import check_source
-
         check_source(conf)
 
 
 def _warn_random_init(conf: dict, states: list[StageState], echo) -> None:
     """One line when a learned method of a stage that will run has no weights."""
-    from matchmill.stages.registry import REGISTRIES, random_init_warning
-
     running = tuple(s.spec.name for s in states if s.action != "skip" and s.spec.name in REGISTRIES)
     line = random_init_warning(conf, running) if running else None
     if line:
@@ -246,8 +248,6 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
     try:
         return _run_pipeline(conf, until, address, echo, overwrite, verbose, graph, held)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C / SIGTERM (cli.py): no worker writes once the lease is free
-        from .runtime import shutdown_started_ray
-
         shutdown_started_ray()
         raise
     finally:
@@ -323,8 +323,6 @@ def _run_pipeline(conf: dict, until: str | None, address: str | None, echo, over
     if until is not None and until != names[-1]:
         echo(f"stopped after {until} (--until)")
     if until is None or names.index(until) >= names.index("metrics"):
-        from matchmill.stages.metrics import read_summary
-
         result.metrics = read_summary(url)
     return result
 
@@ -341,8 +339,6 @@ def _overlap_safe(conf: dict) -> bool:
 
 
 def _start_ray(conf: dict, address: str | None, verbose: bool) -> None:
-    from .runtime import init_ray
-
     init_ray(conf, address, verbose=verbose)
 
 
@@ -476,16 +472,12 @@ def write_in_parts(tables: pa.Table | Iterable[pa.Table], url: str, spec: StageS
 
 def stage_keys(url: str, stage: str) -> pa.Array:
     """All keys of a stage's parts (one Arrow string array)."""
-    from .graph import get_stage
-
     spec = get_stage(stage)
     return read_stage(url, stage, columns=[spec.key]).column(spec.key).combine_chunks()
 
 
 def run_ray_group(group: list[StageState], conf: dict, url: str, echo) -> list[StageReport]:
     """Run a segment of Ray stages (extract alone, or the streamed stages) and commit each."""
-    from .executor import SegmentInput, StagePlan, describe_fit, fit_reservations, run_segment
-
     todo = [s for s in group if s.action != "skip"]
     reports: dict[str, StageReport] = {}
     for s in group:
@@ -556,8 +548,6 @@ def run_ray_group(group: list[StageState], conf: dict, url: str, echo) -> list[S
 
 def count_input_rows(url: str, stage: str) -> int:
     """Rows of a stage's parts, from the Parquet footers."""
-    import pyarrow.parquet as pq
-
     total = 0
     for part in part_files(url, stage):
         fs, path = url_to_fs(part)
@@ -570,9 +560,7 @@ def _stateless(spec: StageSpec, conf: dict) -> bool:
     """A stage whose method loads nothing (``identity = True``) runs in zero-CPU tasks, not a pool."""
     if "method" not in conf.get(spec.name, {}):
         return False
-    from matchmill.stages.registry import load_method
-
-    return bool(getattr(load_method(spec.name, conf[spec.name]["method"]), "identity", False))
+    return load_method(spec.name, conf[spec.name]["method"]).identity
 
 
 def _cluster_cpus() -> float:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 
+from .console import configure_console, progress_bars_wanted, quiet_auth_retries, quiet_driver_backend
 from .graph import RAY_STAGES
 
 log = logging.getLogger(__name__)
@@ -64,8 +67,6 @@ def init_ray(conf: dict, address: str | None = None, verbose: bool = False) -> N
     import ray
     from ray.data import DataContext
 
-    from .console import configure_console, progress_bars_wanted, quiet_auth_retries, quiet_driver_backend
-
     configure_console(verbose)  # before ray.init: it logs the token-auth notice
     level = logging.INFO if verbose else logging.WARNING
     address = address or conf["ray"]["address"] or os.environ.get("RAY_ADDRESS")
@@ -113,9 +114,6 @@ _KEPT_SIGNALS = ("SIGINT", "SIGTERM")
 
 def _python_signal_handlers() -> dict:
     """The handlers Python code installed for :data:`_KEPT_SIGNALS` (main thread only)."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return {}
     handlers = {getattr(signal, name): signal.getsignal(getattr(signal, name)) for name in _KEPT_SIGNALS}
@@ -123,8 +121,6 @@ def _python_signal_handlers() -> dict:
 
 
 def _restore_signal_handlers(saved: dict) -> None:
-    import signal
-
     for sig, handler in saved.items():
         signal.signal(sig, handler)  # sets the process's handler again, over what native code installed
 

@@ -22,6 +22,7 @@ Parts written before stamps existed are judged by their name and keys alone.
 
 from __future__ import annotations
 
+from matchmill.config import ConfigError
 from matchmill.manifests.commit import (
     STAMP_CONFIG,
     STAMP_STAGE,
@@ -31,8 +32,6 @@ from matchmill.manifests.commit import (
     stage_url,
 )
 from matchmill.manifests.storage import ManifestError, file_sizes, join, read_manifest, remove_tree
-
-from .config import ConfigError
 
 #: Files named in the error line (the rest are counted).
 SHOWN = 6

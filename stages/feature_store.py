@@ -61,11 +61,6 @@ class LazyFeatures(Mapping):
         return sum(a.nbytes for a in self._arrays.values())
 
 
-def array_shape(feats: Mapping, key: str) -> tuple[int, ...]:
-    """Shape of ``feats[key]``; no read for :class:`LazyFeatures` (plain dicts work too)."""
-    return feats.shape(key) if isinstance(feats, LazyFeatures) else tuple(np.shape(feats[key]))
-
-
 class FeatureStore:
     """Maps image_id -> features (:class:`LazyFeatures`), with an LRU cache bounded by bytes."""
 

@@ -21,11 +21,18 @@ import io
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 
+from matchmill.datasets.image_io import ImageError, load_image
 from matchmill.datasets.image_sources import SourceImage
+from matchmill.manifests.storage import read_bytes, storage_remote_args, write_bytes_atomic
+from matchmill.models.device import choose_device
+
+from .threads import limit_threads, limit_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +57,7 @@ class Describer:
     """Image paths -> descriptors, one model per instance (a Ray Data actor or the driver's)."""
 
     def __init__(self, gconf: dict, max_pixels: int, num_cpus: float, num_gpus: float = 0.0) -> None:
-        from matchmill.models.device import choose_device
-        from matchmill.models.global_descriptor import GlobalDescriptor
-        from matchmill.stages.threads import limit_threads, limit_torch_threads
+        from matchmill.models.global_descriptor import GlobalDescriptor  # lazy: torch; only retrieval pairing needs it
 
         limit_threads(num_cpus)
         device = choose_device(want_gpu=float(num_gpus) > 0, what=f"extract.num_gpus={num_gpus:g}")
@@ -62,8 +67,6 @@ class Describer:
 
     def describe(self, path: str) -> tuple[np.ndarray | None, str | None]:
         """``(descriptor, None)`` or ``(None, error text)`` for one image."""
-        from matchmill.datasets.image_io import ImageError, load_image
-
         try:
             return self.model(load_image(path, self.max_pixels)), None
         except ImageError as exc:
@@ -71,8 +74,6 @@ class Describer:
 
     def __call__(self, batch):
         """Ray Data batch (pyarrow: ``index``, ``path``) -> ``index``, ``desc`` (list<float32>), ``error``."""
-        import pyarrow as pa
-
         descs, errors = [], []
         for path in batch.column("path").to_pylist():
             d, e = self.describe(path)
@@ -94,7 +95,7 @@ def describe_images(images: Sequence[SourceImage], gconf: dict | None, run_url: 
         ``(X, errors)``: X (N, D) float32 unit rows (zeros for images that failed) and
         ``{index: error text}`` of the images that could not be read.
     """
-    from matchmill.models.global_descriptor import DEFAULT_CONF
+    from matchmill.models.global_descriptor import DEFAULT_CONF  # lazy: torch; the pairs stage imports this module
 
     conf = {**DEFAULT_CONF, **(gconf or {})}
     key = cache_key(images, conf)
@@ -123,8 +124,6 @@ def describe_images(images: Sequence[SourceImage], gconf: dict | None, run_url: 
 
 
 def _ray_running() -> bool:
-    import sys
-
     ray = sys.modules.get("ray")
     return bool(ray is not None and ray.is_initialized())
 
@@ -133,8 +132,6 @@ def _describe_on_ray(images: Sequence[SourceImage], todo: list[int], conf: dict,
                      execution: dict) -> dict[int, tuple[np.ndarray | None, str | None]]:
     """:class:`Describer` as a Ray Data actor pool with the extract section's resources."""
     import ray
-
-    from matchmill.manifests.storage import storage_remote_args
 
     num_gpus = float(execution.get("num_gpus") or 0.0)
     num_cpus = float(execution.get("num_cpus") or 1.0)
@@ -168,8 +165,6 @@ def _cache_url(run_url: str, key: str) -> str:
 def _read_cache(run_url: str | None, key: str, n: int) -> tuple[np.ndarray, dict[int, str]] | None:
     if not run_url:
         return None
-    from matchmill.manifests.storage import read_bytes
-
     try:
         data = np.load(io.BytesIO(read_bytes(_cache_url(run_url, key))), allow_pickle=False)
         X = data["X"]
@@ -185,8 +180,6 @@ def _read_cache(run_url: str | None, key: str, n: int) -> tuple[np.ndarray, dict
 def _write_cache(run_url: str | None, key: str, X: np.ndarray, errors: dict[int, str]) -> None:
     if not run_url:
         return
-    from matchmill.manifests.storage import write_bytes_atomic
-
     buf = io.BytesIO()
     idx = sorted(errors)
     np.savez(buf, X=X, error_index=np.array(idx, np.int64), error_text=np.array([errors[i] for i in idx], dtype=str))

@@ -6,7 +6,9 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
+from matchmill.manifests.commit import part_files
 from matchmill.manifests.schemas import IMAGES, STATUS_OK
+from matchmill.manifests.storage import read_manifest
 
 #: PAIRS columns the images stage reads.
 IMAGE_SOURCE_COLUMNS = ["scene", "image0", "image1", "path0", "path1", "crop0", "crop1"]
@@ -41,7 +43,4 @@ def unique_images(pairs: pa.Table | Iterable[pa.Table]) -> pa.Table:
 def build(conf: dict, run_url: str) -> pa.Table:
     """The images stage: unique images of the run's pairs, one pairs part at a time (the driver
     holds the unique images, never every pair)."""
-    from matchmill.manifests.commit import part_files
-    from matchmill.manifests.storage import read_manifest
-
     return unique_images(read_manifest(part, "pairs", IMAGE_SOURCE_COLUMNS) for part in part_files(run_url, "pairs"))

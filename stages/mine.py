@@ -23,10 +23,15 @@ import logging
 from collections import Counter
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 
+from matchmill.datasets.image_io import load_image
+from matchmill.manifests.commit import image_sizes, part_files, read_commit
 from matchmill.manifests.schemas import MINED, PAIR_FIELDS, STATUS_FAILED, STATUS_OK
+from matchmill.manifests.storage import exists, read_bytes, read_manifest, remove_tree, write_bytes_atomic
+from matchmill.viz.draw import draw_matches
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "min_spread": 0.05,  # accept: inliers' convex hull covers at least this fraction of each image
     "draw": 6,  # accepted pairs drawn into the report (most inliers first); 0 = none
 }
-#: Bounds of its numbers (notation: pipeline/config.py ``parse_bound``); check_conf says why.
+#: Bounds of its numbers (notation: matchmill/config.py ``parse_bound``); check_conf says why.
 STAGE_BOUNDS = {"min_inliers": ">= 8", "min_inlier_ratio": "[0, 1]", "min_spread": "[0, 1]"}
 
 #: Ground-truth columns a mined pair never carries (the pair was not connected by SfM).
@@ -64,8 +69,6 @@ def check_conf(conf: dict) -> None:
 
 def hull_fraction(points: np.ndarray, size: tuple[int, int]) -> float:
     """Area of the convex hull of ``points`` (N, 2) over the image area ``size`` = (w, h)."""
-    import cv2
-
     if len(points) < 3 or size[0] <= 0 or size[1] <= 0:
         return 0.0
     hull = cv2.convexHull(np.ascontiguousarray(points, np.float32).reshape(-1, 1, 2))
@@ -110,19 +113,8 @@ def _failed_row(row: dict, chain_hash: str) -> dict[str, Any]:
     return out
 
 
-def image_sizes(run_url: str) -> dict[str, tuple[int, int]]:
-    """``image_id -> (width, height)`` from the extract manifest (original pixels)."""
-    from matchmill.manifests.commit import read_stage
-
-    table = read_stage(run_url, "extract", columns=["image_id", "width", "height"])
-    return {i: (int(w or 0), int(h or 0)) for i, w, h in zip(*(table.column(c).to_pylist() for c in ("image_id", "width", "height")))}
-
-
 def build(conf: dict, run_url: str) -> pa.Table:
     """The mine stage: accepted pairs (+ upstream failures) as a MINED table; writes the report."""
-    from matchmill.manifests.commit import part_files, read_commit
-    from matchmill.manifests.storage import read_manifest
-
     mconf = conf["mine"]
     check_conf(mconf)
     verify = read_commit(run_url, "verify")
@@ -164,8 +156,6 @@ def build(conf: dict, run_url: str) -> pa.Table:
 
 def mine_report(conf: dict, run_url: str, counts: Counter, reasons: Counter) -> dict[str, Any]:
     """Counts per step and the time of each upstream stage (from the commit markers)."""
-    from matchmill.manifests.commit import read_commit
-
     steps: dict[str, Any] = {}
     for stage in ("pairs", "images", "extract", "propose", "refine", "verify"):
         commit = read_commit(run_url, stage)
@@ -207,10 +197,6 @@ def summary_line(report: dict[str, Any]) -> str:
 def draw_accepted(run_url: str, chosen: list[tuple[int, str, dict]]) -> list[dict[str, Any]]:
     """Draw the ``chosen`` (inliers, pair_id, verify row) pairs' matches (inliers green) into
     ``<run>/mine/drawings``."""
-    from matchmill.datasets.image_io import load_image
-    from matchmill.manifests.storage import exists, remove_tree
-    from matchmill.viz.draw import draw_matches
-
     folder = run_url.rstrip("/") + "/mine/drawings"
     if exists(folder):
         remove_tree(folder)  # a rerun's drawings replace the previous run's, none is left stale
@@ -230,8 +216,6 @@ def draw_accepted(run_url: str, chosen: list[tuple[int, str, dict]]) -> list[dic
 
 def write_report(run_url: str, report: dict[str, Any]) -> None:
     """``<run>/mine/report.json`` and a Markdown version, ``report.md``."""
-    from matchmill.manifests.storage import write_bytes_atomic
-
     base = run_url.rstrip("/") + "/mine/"
     write_bytes_atomic(base + "report.json", (json.dumps(report, indent=1) + "\n").encode())
     lines = ["# matchmill mine", "", summary_line(report), "", "| step | rows | failed | seconds |", "|---|---|---|---|"]
@@ -246,8 +230,6 @@ def write_report(run_url: str, report: dict[str, Any]) -> None:
 
 def read_report(run_url: str) -> dict[str, Any] | None:
     """The report a mine stage wrote, or None."""
-    from matchmill.manifests.storage import read_bytes
-
     try:
         return json.loads(read_bytes(run_url.rstrip("/") + "/mine/report.json"))
     except (FileNotFoundError, OSError, ValueError):

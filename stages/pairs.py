@@ -6,40 +6,43 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from matchmill.manifests.schemas import PAIRS, STATUS_FAILED, STATUS_OK
-from matchmill.manifests.storage import conform
+from matchmill.config import ConfigError
+from matchmill.datasets.colmap_scene import check_scene_cameras as check_cameras
+from matchmill.datasets.demo import ensure_demo_scene
+from matchmill.datasets.hpatches import list_hpatches_pairs, list_oxford_pairs
+from matchmill.datasets.image_sources import folder_images, list_scene_folders, scene_images
+from matchmill.datasets.megadepth import DEFAULT_BOUNDS, DEFAULT_CONF, list_scenes, select_megadepth_pairs
+from matchmill.datasets.pair_strategies import (
+    STRATEGY_BOUNDS,
+    STRATEGY_DEFAULTS,
+    exhaustive_pairs,
+    failed_image_row,
+    retrieval_pairs,
+    sequential_pairs,
+    whiten,
+)
+from matchmill.datasets.pairs_file import iter_pairs_file
+from matchmill.manifests.schemas import PAIRS, STATUS_FAILED, STATUS_OK, make_pair_id, normalize_image_id
+from matchmill.manifests.storage import conform, read_manifest, url_to_fs
+
+from .global_descriptors import describe_images
 
 log = logging.getLogger(__name__)
 
 _MATRIX_SIZES = {"K0": 9, "K1": 9, "T_0to1": 16, "H_0to1": 9}
 
 
-def _stage_defaults() -> dict:
-    from matchmill.datasets.megadepth import DEFAULT_CONF
-    from matchmill.datasets.pair_strategies import STRATEGY_DEFAULTS
-
-    return {**STRATEGY_DEFAULTS, **DEFAULT_CONF}
-
-
 #: The pairs section: the strategy keys (datasets/pair_strategies.py), then the MegaDepth
 #: covisibility recipe's keys (datasets/megadepth.py), each commented next to its code.
-STAGE_DEFAULTS: dict = _stage_defaults()
-
-
-def _stage_bounds() -> dict:
-    from matchmill.datasets.megadepth import DEFAULT_BOUNDS
-    from matchmill.datasets.pair_strategies import STRATEGY_BOUNDS
-
-    return {**STRATEGY_BOUNDS, **DEFAULT_BOUNDS}
-
-
+STAGE_DEFAULTS: dict = {**STRATEGY_DEFAULTS, **DEFAULT_CONF}
 #: Bounds of the section's numbers, declared beside each half's defaults.
-STAGE_BOUNDS: dict = _stage_bounds()
+STAGE_BOUNDS: dict = {**STRATEGY_BOUNDS, **DEFAULT_BOUNDS}
 #: Sources whose images a strategy other than covisibility pairs (the others list their pairs).
 IMAGE_SOURCES = ("demo", "megadepth", "folder")
 
@@ -49,8 +52,6 @@ CHUNK_ROWS = 1024
 
 def demo_root(conf: dict) -> Path:
     """Where the generated demo scene lives; generated on first use."""
-    from matchmill.datasets.demo_scene import ensure_demo_scene
-
     data = conf["data"]
     if data["root"]:
         return Path(data["root"])
@@ -76,8 +77,6 @@ def check_source(conf: dict) -> None:
     Called by the runner before any stage is touched, so a wrong ``data.root`` never costs a
     committed stage. Scene sources also have their COLMAP cameras vetted here
     (:func:`check_scene_cameras`)."""
-    from matchmill.manifests.storage import url_to_fs
-
     data = conf["data"]
     source = data["source"]
 
@@ -110,10 +109,6 @@ def check_scene_cameras(root: Path, pairs_conf: dict) -> None:
     would shrink the dataset behind the user's back. The user decides: undistort the scene
     (``colmap image_undistorter``) or list it in ``pairs.exclude_scenes``.
     """
-    from matchmill.datasets.colmap_scene import check_scene_cameras as check_cameras
-    from matchmill.datasets.megadepth import list_scenes
-    from matchmill.pipeline.config import ConfigError
-
     try:
         names = list_scenes(root, pairs_conf)  # the scenes pair selection will read, each with a model
     except ValueError:
@@ -132,47 +127,29 @@ def source_rows(conf: dict, run_url: str | None = None) -> Iterable[dict]:
     source = data["source"]
     if conf["pairs"]["strategy"] != "covisibility":
         return strategy_rows(conf, run_url)
-    pairs_conf = {k: v for k, v in conf["pairs"].items() if k not in _strategy_keys()}
+    pairs_conf = {k: v for k, v in conf["pairs"].items() if k not in STRATEGY_DEFAULTS}
     pairs_conf["seed"] = conf["pairs"].get("seed", conf["seed"])
     if source in ("demo", "megadepth"):
-        from matchmill.datasets.megadepth import select_megadepth_pairs
-
         root = demo_root(conf) if source == "demo" else Path(data["root"])
         if not root.exists():
             raise FileNotFoundError(f"data.root {str(root)!r} does not exist")
         return select_megadepth_pairs(root, pairs_conf)
     if source == "hpatches":
-        from matchmill.datasets.hpatches import list_hpatches_pairs
-
         return list_hpatches_pairs(data["root"], sequences=data["sequences"])
     if source == "oxford":
-        from matchmill.datasets.hpatches import list_oxford_pairs
-
         return list_oxford_pairs(data["root"])
     if source == "pairs_file":
-        from matchmill.datasets.pairs_file import iter_pairs_file
-
         if str(data["pairs_file"]).endswith(".parquet"):  # a ready PAIRS manifest (any GT kind)
-            from matchmill.manifests.storage import read_manifest
-
             table = read_manifest(str(data["pairs_file"]), "pairs")
             return (row for batch in table.to_batches(max_chunksize=CHUNK_ROWS) for row in batch.to_pylist())
         return iter_pairs_file(data["pairs_file"], data["images_dir"] or data["root"] or ".")
     raise ValueError(f"data.source: unknown source {source!r}")
 
 
-def _strategy_keys() -> set[str]:
-    from matchmill.datasets.pair_strategies import STRATEGY_DEFAULTS
-
-    return set(STRATEGY_DEFAULTS)
-
-
 def source_images(conf: dict) -> list:
     """The images a strategy pairs: every image file of a folder, or the scenes' images (with
     their SfM models; a scene without one is an error when the SfM rule needs it, unless
     ``pairs.sfm_fallback``)."""
-    from matchmill.datasets.image_sources import folder_images, list_scene_folders, scene_images
-
     data, pc = conf["data"], conf["pairs"]
     if data["source"] == "folder":
         if pc["max_shared_points"] is not None and not pc["sfm_fallback"]:
@@ -191,14 +168,6 @@ def strategy_rows(conf: dict, run_url: str | None = None) -> Iterable[dict]:
     """Rows of the retrieval / exhaustive / sequential strategies over :func:`source_images`;
     an image that cannot be read becomes one failed row (key ``<id>|<id>``) and pairs with
     nothing. Logs one line of counts (images, pairs compared, excluded by the SfM rule, kept)."""
-    from matchmill.datasets.pair_strategies import (
-        exhaustive_pairs,
-        failed_image_row,
-        retrieval_pairs,
-        sequential_pairs,
-        whiten,
-    )
-
     pc = conf["pairs"]
     source = conf["data"]["source"]
     if source not in IMAGE_SOURCES:
@@ -206,8 +175,6 @@ def strategy_rows(conf: dict, run_url: str | None = None) -> Iterable[dict]:
                          f"{'|'.join(IMAGE_SOURCES)}; data.source={source} lists its own pairs")
     images = source_images(conf)
     if pc["strategy"] == "retrieval":
-        from .global_descriptors import describe_images
-
         X, errors = describe_images(images, pc["global"], run_url, int(conf["data"]["max_image_pixels"]),
                                     execution=conf["extract"])
         ok = [i for i in range(len(images)) if i not in errors]
@@ -231,8 +198,6 @@ def strategy_rows(conf: dict, run_url: str | None = None) -> Iterable[dict]:
 
 
 def _with_error(im, error: str):
-    from dataclasses import replace
-
     return replace(im, error=error)
 
 
@@ -257,8 +222,6 @@ def normalize_ids(row: dict) -> dict:
     ``a.jpg``) and its pair id rebuilt from them, whatever the source (a pairs file, a ready
     parquet manifest, a folder, a COLMAP model); a name holding ``|`` or leaving its root fails
     the row. Failed rows keep their key (it may be a location such as ``pairs.txt:3``)."""
-    from matchmill.manifests.schemas import make_pair_id, normalize_image_id
-
     if row.get("status", STATUS_OK) != STATUS_OK:
         return row
     image0, image1 = row.get("image0"), row.get("image1")

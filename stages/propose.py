@@ -9,14 +9,16 @@ import pyarrow as pa
 
 from matchmill.manifests.schemas import PROPOSALS
 
+from matchmill.methods.base import Features, Proposer
+from matchmill.methods.registry import build_method
+
 from .feature_store import FeatureStore
-from .registry import build_method
 from .rows import Row, process_rows
 from .threads import limit_threads
 
 #: The propose section's own keys (besides the execution keys and the method's ``default_conf``).
 STAGE_DEFAULTS = {
-    "method": "mnn",  # registered proposer (see stages/registry.py)
+    "method": "mnn",  # registered proposer or plugin module:Class (see methods/registry.py)
 }
 
 
@@ -42,7 +44,19 @@ class ProposeActor:
         feats0 = self.features.get(row["image0"])
         feats1 = self.features.get(row["image1"])
         start = time.perf_counter()
-        matches, scores = self.proposer(feats0, feats1)
+        matches, scores = propose_pair(self.proposer, feats0, feats1)
         seconds = time.perf_counter() - start
-        check_matches(matches, scores, "propose")
         return {"num_matches": len(matches), "matches": matches, "scores": scores, "seconds": seconds}
+
+
+def propose_pair(proposer: Proposer, feats0: Features, feats1: Features) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate matches of one pair: ``matches`` (N, 4) x0 y0 x1 y1 in original pixels and
+    ``scores`` (N,), shapes checked (the same code path for the actors and :func:`matchmill.match`).
+
+    Raises:
+        ValueError: the proposer broke the shape contract.
+    """
+    matches, scores = proposer(feats0, feats1)
+    matches, scores = np.asarray(matches), np.asarray(scores)
+    check_matches(matches, scores, "propose")
+    return matches, scores

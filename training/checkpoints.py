@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from matchmill.manifests.storage import exists, read_bytes, url_to_fs, write_bytes_atomic
+from matchmill.models.weights import read_state_dict
+from matchmill.weights import is_shipped, shipped_path
 
 __all__ = [
     "MODEL_FILE",
@@ -60,8 +63,6 @@ def save_checkpoint(
     conf: dict[str, Any],
 ) -> Path:
     """Write the checkpoint files into a local ``folder`` (created); returns it."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(_state_dict_cpu(net), str(folder / MODEL_FILE), metadata={"model": str(state.get("model")), "step": str(state.get("step"))})
@@ -80,10 +81,6 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
 
     Everything is read weights-only: a file holding pickled code is refused.
     """
-    from safetensors.torch import load_file
-
-    from matchmill.models.weights import read_state_dict
-
     folder = Path(folder)
     model = read_state_dict(folder / MODEL_FILE)
     try:
@@ -102,8 +99,6 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
 def weights_file(source: str) -> str:
     """A weights file from ``--from``: the file itself, or ``model.safetensors`` of a checkpoint folder
     (local or any fsspec URL), or of a run folder's ``best/``; ``shipped:NAME`` is a shipped file."""
-    from matchmill.weights import is_shipped, shipped_path
-
     if is_shipped(source):
         return str(shipped_path(source))
     fs, path = url_to_fs(source)

@@ -1,9 +1,11 @@
-"""Training job configuration: defaults, YAML + dotted overrides, validation, task defaults.
+"""Training job configuration: defaults, YAML + dotted overrides, validation.
 
 One YAML file per job (``configs/train-pump.yaml``, ...). The model's own section (``pump``,
-``ncnet`` or ``patch2pix``) takes its defaults from the task module, next to its code. Everything
-is validated before Ray starts: an unknown key, a wrong type, a missing manifest or an unwritable
-checkpoint URL stops with one line naming the problem.
+``ncnet`` or ``patch2pix``) takes its defaults and its checks from the task class registered in
+``TASKS`` (:mod:`.tasks`), next to its code. Everything is validated before Ray starts: an
+unknown key, a wrong type, a missing manifest or an unwritable checkpoint URL stops with one line
+naming the problem. Reading, key and type checks and the keys a pipeline job shares come from
+:mod:`matchmill.config`.
 """
 
 from __future__ import annotations
@@ -14,27 +16,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from matchmill.pipeline.config import (
+from matchmill.config import (
+    SHARED_JOB_DEFAULTS,
     ConfigError,
-    _check_keys,
-    _type_ok,
+    check_keys,
     check_run_name,
     check_storage_url,
     deep_merge,
     read_user_config,
+    storage_root_url,
+    type_ok,
 )
+from matchmill.models.device import AMP_CHOICES
 
-MODELS = ("pump", "ncnet", "patch2pix")
-from matchmill.models.device import AMP_CHOICES  # noqa: E402 - one definition of the AMP modes
-
-COMMON_DEFAULTS: dict[str, Any] = {
-    "storage": "file://./runs/train",  # where training runs live (Ray Train storage_path): file://, s3://, gs://
-    "run_name": None,  # folder under storage; None = the model name. The same name resumes from its newest checkpoint
-    "seed": 0,  # seeds the net's init and every sample (per step and sample index, not per worker)
-    "ray": {
-        "address": None,  # None = embedded local Ray; "auto" or ray://host:port joins a cluster
-        "num_cpus": None,  # CPUs of the embedded Ray (None = all)
-    },
+#: A training job's keys: the shared ones (:data:`matchmill.config.SHARED_JOB_DEFAULTS`: storage,
+#: run_name, seed, ray, data.images_dir, data.max_image_pixels) with a training job's own defaults,
+#: and its own keys; the model's section is the task's ``default_conf``.
+TRAIN_DEFAULTS: dict[str, Any] = deep_merge(SHARED_JOB_DEFAULTS, {
+    "storage": "file://./runs/train",  # training runs live apart from pipeline runs (Ray Train storage_path)
+    "run_name": None,  # None = the model name. The same name resumes from its newest checkpoint
     "scaling": {
         "workers": 1,  # Ray Train workers (data-parallel replicas)
         "gpus_per_worker": 0.0,  # GPUs per worker; > 0 uses nccl and fails fast when the cluster has none
@@ -43,9 +43,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "data": {
         "images": None,  # images (or pairs) manifest for PUMP's synthetic pairs: run URL, stage folder or .parquet
         "pairs": None,  # pairs manifest: a run URL, a stage folder, a .parquet file or a SuperGlue .txt list
-        "images_dir": None,  # .txt pairs lists only: folder the image names are relative to
         "val_fraction": 0.2,  # share of images (PUMP) or pairs (NCNet, Patch2Pix) held out, chosen by key hash
-        "max_image_pixels": 100_000_000,  # refuse larger images (decompression-bomb guard)
     },
     "train": {
         "steps": 200,  # optimiser steps in all (a resumed run continues up to this)
@@ -57,41 +55,61 @@ COMMON_DEFAULTS: dict[str, Any] = {
         "from": None,  # fine-tune: weights file or checkpoint folder to start the trained net from
         "max_failures": 1,  # worker failures Ray Train recovers from (restart from the newest checkpoint)
     },
-}
+})
 
 
-def task_defaults(model: str) -> dict[str, Any]:
-    """The model section's defaults, from the task module next to its code."""
-    if model == "pump":
-        from .pump_task import DEFAULT_CONF
-    elif model == "ncnet":
-        from .ncnet_task import DEFAULT_CONF
-    elif model == "patch2pix":
-        from .patch2pix_task import DEFAULT_CONF
-    else:
-        raise ConfigError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    return copy.deepcopy(DEFAULT_CONF)
+def _tasks() -> dict:
+    from .tasks import TASKS  # lazy: the task modules import torch, and the CLI parser imports this module
+
+    return TASKS
+
+
+class _ModelNames:
+    """The names of ``TASKS``, read on first use (the ``matchmill train`` parser's choices: building
+    the parser must not import torch)."""
+
+    def __iter__(self):
+        return iter(_tasks())
+
+    def __contains__(self, name: object) -> bool:
+        return name in _tasks()
+
+    def __len__(self) -> int:
+        return len(_tasks())
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+#: The trainable models (the keys of ``TASKS``).
+MODELS = _ModelNames()
+
+
+def _task_class(model: str):
+    from .tasks import task_class  # lazy: as in _tasks
+
+    return task_class(model)
 
 
 def default_train_config(model: str) -> dict[str, Any]:
-    conf = copy.deepcopy(COMMON_DEFAULTS)
-    conf[model] = task_defaults(model)
+    """The job's defaults with the model's section (its task's ``default_conf``)."""
+    conf = copy.deepcopy(TRAIN_DEFAULTS)
+    conf[model] = copy.deepcopy(_task_class(model).default_conf)
     return conf
 
 
 def load_train_config(model: str, path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
     """Read YAML, apply dotted overrides, fill defaults, validate. ``conf["model"]`` is set."""
-    if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    _task_class(model)  # an unknown model is named first
     user = read_user_config(path, overrides)
     written_for = user.pop("model", model)
     if written_for != model:
         raise ConfigError(f"model: the config file is written for {written_for!r}, not {model!r}")
-    others = [m for m in MODELS if m != model and m in user]
+    others = [m for m in _tasks() if m != model and m in user]
     if others:
         raise ConfigError(f"{others[0]}: section of another model in a {model} training job")
     defaults = default_train_config(model)
-    _check_keys(user, defaults, prefix="")
+    check_keys(user, defaults)
     conf = deep_merge(defaults, user)
     _check_types(conf, defaults, "")
     conf["model"] = model
@@ -137,7 +155,7 @@ def _check_types(conf: dict, defaults: dict, prefix: str) -> None:
                 raise ConfigError(f"{prefix}{key}: expected a list of {len(default)} values, got {value!r}")
         elif isinstance(default, float) and isinstance(value, str) and _is_float(value):
             conf[key] = float(value)  # YAML 1.1 reads 1e-4 as a string
-        elif not _type_ok(value, default):
+        elif not type_ok(value, default):
             raise ConfigError(f"{prefix}{key}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})")
 
 
@@ -168,32 +186,16 @@ def _check_values(conf: dict) -> None:
         raise ConfigError(f"train.amp: {t['amp']!r} is not one of {'|'.join(AMP_CHOICES)}")
     if not 0.0 <= d["val_fraction"] < 1.0:
         raise ConfigError(f"data.val_fraction: must be in [0, 1), got {d['val_fraction']}")
-    check_run_name(conf["run_name"])  # the same rules as a pipeline run (pipeline/config.py)
+    check_run_name(conf["run_name"])  # the same rules as a pipeline run (matchmill/config.py)
     check_storage_url(conf["storage"])
     if conf["storage"].startswith("memory://"):
         raise ConfigError("storage: memory:// is not shared with Ray workers; use file://, s3:// or gs://")
-    if conf["model"] == "pump":
-        from .pump_task import check_conf
-    elif conf["model"] == "ncnet":
-        from .ncnet_task import check_conf
-    else:
-        from .patch2pix_task import check_conf
-    check_conf(conf)
-
-
-def storage_url(conf: dict) -> str:
-    """Absolute storage URL (``file:///abs/path`` for local folders)."""
-    storage = conf["storage"]
-    if "://" not in storage:
-        return "file://" + str(Path(storage).expanduser().resolve())
-    if storage.startswith("file://") and not storage.startswith("file:///"):
-        return "file://" + str(Path(storage[len("file://"):]).expanduser().resolve())
-    return storage.rstrip("/")
+    _task_class(conf["model"]).check_conf(conf)
 
 
 def run_url(conf: dict) -> str:
     """``<storage>/<run_name>``: where the checkpoints, the log and the best weights live."""
-    return storage_url(conf).rstrip("/") + "/" + conf["run_name"]
+    return storage_root_url(conf["storage"]) + "/" + conf["run_name"]
 
 
 def config_hash(conf: dict) -> str:

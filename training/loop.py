@@ -13,14 +13,23 @@ validation's weights go to ``<run>/best/``.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import tempfile
 import time
 from typing import Any
 
 import torch
 
-from .task import LossModule, local_indices, make_task
+from matchmill.manifests.storage import write_bytes_atomic
+from matchmill.models.device import autocast
+from matchmill.models.weights import load_weights
+
+from .checkpoints import load_checkpoint, save_checkpoint, weights_file, write_best
+from .task import LossModule, local_indices
+from .tasks import make_task
+from .train_log import LogWriter
 
 __all__ = ["train_loop_per_worker", "STOPPED_FILE"]
 
@@ -87,18 +96,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from matchmill.manifests.storage import write_bytes_atomic
-    from matchmill.models.device import autocast
-    from matchmill.models.weights import load_weights
-
-    from .checkpoints import load_checkpoint, save_checkpoint, weights_file, write_best
-    from .train_log import LogWriter
-
-    import logging
-
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # Ray Train's per-report INFO lines
-    import os
-
     os.environ.update(config.get("env") or {})  # storage endpoint / credentials of the driver
     conf, run_url = config["conf"], config["run_url"]
     t = conf["train"]

@@ -26,9 +26,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from matchmill.manifests.schemas import STATUS_OK
+from matchmill.config import ConfigError
+from matchmill.datasets.image_io import ImageError, load_image
+from matchmill.datasets.pairs_file import read_pairs_file
+from matchmill.geometry.pair_metrics import has_pose_gt
+from matchmill.manifests.schemas import PAIRS, STATUS_OK
 from matchmill.manifests.storage import ManifestError, list_files, read_manifest, url_to_fs
-from matchmill.pipeline.config import ConfigError
 
 __all__ = [
     "ManifestSummary",
@@ -134,9 +137,6 @@ def locate_manifest(url: str, want: tuple[str, ...], where: str) -> tuple[str, t
 
 def _read_table(files: tuple[str, ...], kind: str, columns: list[str], images_dir: str | None) -> pa.Table:
     if len(files) == 1 and files[0].endswith(".txt"):
-        from matchmill.datasets.pairs_file import read_pairs_file
-        from matchmill.manifests.schemas import PAIRS
-
         if not images_dir:
             raise ConfigError(f"data.images_dir: required to read the pairs list {files[0]}")
         rows = read_pairs_file(files[0], images_dir)
@@ -158,8 +158,6 @@ def inspect_manifest(url: str, want: tuple[str, ...], where: str, images_dir: st
     ok = [s == STATUS_OK for s in status]
     pose = 0
     if kind == "pairs":
-        from matchmill.geometry.pair_metrics import has_pose_gt
-
         rows = table.select(["K0", "K1", "T_0to1"]).to_pylist()
         pose = sum(1 for row, good in zip(rows, ok) if good and has_pose_gt(row))
     scenes = len({sc for sc, good in zip(table.column("scene").to_pylist(), ok) if good})
@@ -235,8 +233,6 @@ class ImageCache:
         self.bad: dict[str, str] = {}
 
     def get(self, path: str, crop: list[int] | None = None) -> np.ndarray:
-        from matchmill.datasets.image_io import ImageError, load_image
-
         if path in self.bad:
             raise ImageError(self.bad[path])
         if path in self._items:

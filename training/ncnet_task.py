@@ -30,45 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matchmill.pipeline.config import ConfigError
+from matchmill.config import ConfigError
+from matchmill.geometry.pair_metrics import has_pose_gt
+from matchmill.models.ncnet import NCNet
+from matchmill.models.patch2pix_training import resize_image
+from matchmill.models.resnet import normalize_image
 
+from .manifest_data import inspect_manifest, read_pair_rows, split_rows
 from .pair_features import build_backbone, check_backbone, check_size, validate_on_pose_pairs
 from .task import TrainTask, sample_rng
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONF: dict[str, Any] = {
-    "backbone": "resnet34",  # frozen feature pyramid read by NC (f4 at stride 8): resnet34 | pump
-    "backbone_weights": None,  # resnet34: torchvision-layout weights; pump: a ConvMixer state dict; None = seeded init
-    "backbone_conf": None,  # overrides of models.backbones.PYRAMID_CONF (pump: cpu_sized, net, pools)
-    "backbone_seed": 0,  # seed of the backbone's init when no weights are given
-    "size": [320, 240],  # [W, H] both images are resized to (multiples of 16)
-    "lr": 5e-4,  # Adam learning rate (NCNet paper: 5e-4)
-    "weight_decay": 0.0,  # Adam weight decay
-    "nc": None,  # overrides of models.ncnet.DEFAULT_CONF (nc_kernels, nc_channels, ...)
-    "val_pairs": 16,  # held-out pairs per validation (those with pose ground truth)
-    "val_threshold": 0.0,  # NC score a validation proposal must exceed
-    "ransac_px": 0.5,  # essential-matrix RANSAC threshold of the validation (px)
-}
-
-
-def check_conf(conf: dict) -> None:
-    """Driver-side checks: config values, a pairs manifest with usable rows and some pose ground truth."""
-    from .manifest_data import inspect_manifest
-
-    c, d = conf["ncnet"], conf["data"]
-    check_size(c["size"], "ncnet.size")
-    check_backbone(c, "ncnet")
-    if c["nc"] is not None and not isinstance(c["nc"], dict):
-        raise ConfigError(f"ncnet.nc: expected a mapping of overrides or null, got {c['nc']!r}")
-    src = inspect_manifest(d["pairs"], ("pairs",), "data.pairs", d["images_dir"])
-    if src.ok_rows < 2:
-        raise ConfigError(f"data.pairs: {src.url} has {src.ok_rows} usable pairs; NCNet needs >= 2 (a negative is another pair)")
-    if src.pose_rows == 0:
-        raise ConfigError(f"data.pairs: {src.no_pose_reason()}; NCNet's validation (pose AUC) needs some")
-    if src.scenes < 2:
-        log.warning("ncnet: %s holds one scene, so a negative pair (another pair's image) may overlap its "
-                    "positive; several scenes make the weak supervision sharper", src.url)
 
 
 def match_scores(corr: Tensor) -> Tensor:
@@ -104,11 +76,39 @@ class NCNetTask(TrainTask):
     metric = "auc@10"
     metric_mode = "max"
 
+    #: The ``ncnet`` section's keys (the job's other keys: training/config.py).
+    default_conf: dict[str, Any] = {
+        "backbone": "resnet34",  # frozen feature pyramid read by NC (f4 at stride 8): resnet34 | pump
+        "backbone_weights": None,  # resnet34: torchvision-layout weights; pump: a ConvMixer state dict; None = seeded init
+        "backbone_conf": None,  # overrides of models.backbones.PYRAMID_CONF (pump: cpu_sized, net, pools)
+        "backbone_seed": 0,  # seed of the backbone's init when no weights are given
+        "size": [320, 240],  # [W, H] both images are resized to (multiples of 16)
+        "lr": 5e-4,  # Adam learning rate (NCNet paper: 5e-4)
+        "weight_decay": 0.0,  # Adam weight decay
+        "nc": None,  # overrides of models.ncnet.DEFAULT_CONF (nc_kernels, nc_channels, ...)
+        "val_pairs": 16,  # held-out pairs per validation (those with pose ground truth)
+        "val_threshold": 0.0,  # NC score a validation proposal must exceed
+        "ransac_px": 0.5,  # essential-matrix RANSAC threshold of the validation (px)
+    }
+
+    @classmethod
+    def check_conf(cls, conf: dict) -> None:
+        """Driver-side checks: config values, a pairs manifest with usable rows and some pose ground truth."""
+        c, d = conf["ncnet"], conf["data"]
+        check_size(c["size"], "ncnet.size")
+        check_backbone(c, "ncnet")
+        if c["nc"] is not None and not isinstance(c["nc"], dict):
+            raise ConfigError(f"ncnet.nc: expected a mapping of overrides or null, got {c['nc']!r}")
+        src = inspect_manifest(d["pairs"], ("pairs",), "data.pairs", d["images_dir"])
+        if src.ok_rows < 2:
+            raise ConfigError(f"data.pairs: {src.url} has {src.ok_rows} usable pairs; NCNet needs >= 2 (a negative is another pair)")
+        if src.pose_rows == 0:
+            raise ConfigError(f"data.pairs: {src.no_pose_reason()}; NCNet's validation (pose AUC) needs some")
+        if src.scenes < 2:
+            log.warning("ncnet: %s holds one scene, so a negative pair (another pair's image) may overlap its "
+                        "positive; several scenes make the weak supervision sharper", src.url)
+
     def setup_data(self) -> None:
-        from matchmill.geometry.pair_metrics import has_pose_gt
-
-        from .manifest_data import read_pair_rows, split_rows
-
         d = self.conf["data"]
         rows = read_pair_rows(d["pairs"], "data.pairs", d["images_dir"])
         self.train_pairs, val = split_rows(rows, "pair_id", float(d["val_fraction"]))
@@ -125,16 +125,11 @@ class NCNetTask(TrainTask):
         return len(self.train_pairs)
 
     def build_net(self) -> nn.Module:
-        from matchmill.models.ncnet import NCNet
-
         torch.manual_seed(self.seed)
         return NCNet(self.task_conf["nc"] or {}).to(self.device).train()
 
     @torch.no_grad()
     def _f4_of(self, path: str, crop) -> Tensor | None:
-        from matchmill.models.patch2pix_training import resize_image
-        from matchmill.models.resnet import normalize_image
-
         key = f"{path}|{crop}"
         if key not in self._f4:
             image = self.load(path, crop)

@@ -14,12 +14,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from matchmill.config import ConfigError
+from matchmill.models.backbones import BACKBONES
+from matchmill.models.backbones import build_backbone as build_pyramid
+from matchmill.models.patch2pix_training import resize_image, scale_intrinsics
+from matchmill.models.resnet import normalize_image
+
+from .checkpoints import weights_file
+from .validation import PoseSample, pose_metrics
+
 __all__ = ["build_backbone", "check_backbone", "NetworkPair", "network_pair", "check_size", "validate_on_pose_pairs"]
 
 
 def check_size(size: Sequence[int], where: str) -> tuple[int, int]:
-    from matchmill.pipeline.config import ConfigError
-
     if not isinstance(size, (list, tuple)) or len(size) != 2 or any(not isinstance(v, int) or v % 16 or v < 32 for v in size):
         raise ConfigError(f"{where}: expected [W, H], each a multiple of 16 and >= 32, got {size!r}")
     return int(size[0]), int(size[1])
@@ -27,9 +34,6 @@ def check_size(size: Sequence[int], where: str) -> tuple[int, int]:
 
 def check_backbone(conf: dict, section: str) -> None:
     """ConfigError unless ``<section>.backbone`` is a known backbone and ``backbone_conf`` a mapping or null."""
-    from matchmill.models.backbones import BACKBONES
-    from matchmill.pipeline.config import ConfigError
-
     if conf["backbone"] not in BACKBONES:
         raise ConfigError(f"{section}.backbone: {conf['backbone']!r} is not one of {', '.join(BACKBONES)}")
     if conf["backbone_conf"] is not None and not isinstance(conf["backbone_conf"], dict):
@@ -40,12 +44,8 @@ def build_backbone(conf: dict, device: torch.device) -> nn.Module:
     """The frozen feature pyramid of a task's conf (eval mode, no grad), from
     :func:`matchmill.models.backbones.build_backbone`: ``backbone`` (resnet34 | pump),
     ``backbone_weights`` (None = seeded random init), ``backbone_seed``, ``backbone_conf``."""
-    from matchmill.models.backbones import build_backbone as build
-
-    from .checkpoints import weights_file
-
     weights = weights_file(conf["backbone_weights"]) if conf["backbone_weights"] else None
-    return build(conf["backbone"], weights, int(conf["backbone_seed"]), conf.get("backbone_conf")).to(device)
+    return build_pyramid(conf["backbone"], weights, int(conf["backbone_seed"]), conf.get("backbone_conf")).to(device)
 
 
 class NetworkPair:
@@ -59,8 +59,6 @@ class NetworkPair:
 
 
 def _resize(image: np.ndarray, K: Any, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    from matchmill.models.patch2pix_training import resize_image, scale_intrinsics
-
     h, w = image.shape[:2]
     return resize_image(image, size), (scale_intrinsics(K, (size[0] / w, size[1] / h)) if K else None)
 
@@ -69,8 +67,6 @@ def _resize(image: np.ndarray, K: Any, size: tuple[int, int]) -> tuple[np.ndarra
 def network_pair(row: dict, image0: np.ndarray, image1: np.ndarray, backbone: nn.Module,
                  size: tuple[int, int], device: torch.device) -> NetworkPair:
     """Resize both images of a pairs-manifest row to ``size`` and run the frozen backbone."""
-    from matchmill.models.resnet import normalize_image
-
     (im0, K0), (im1, K1) = _resize(image0, row["K0"], size), _resize(image1, row["K1"], size)
     f0 = [f for f in backbone(normalize_image(im0).to(device))]
     f1 = [f for f in backbone(normalize_image(im1).to(device))]
@@ -84,8 +80,6 @@ def validate_on_pose_pairs(task, net: nn.Module, rows: Sequence[dict], backbone:
     """Pose AUC and Sampson error (:func:`.validation.pose_metrics`) of ``matches_of(pair)`` — ``(N, 4)``
     network-frame matches — over held-out pose pairs; ``net`` runs in eval mode, its mode restored.
     Pairs whose images cannot be read are left out (and counted by ``task.load``)."""
-    from .validation import PoseSample, pose_metrics
-
     was = net.training
     net.eval()
     samples = []

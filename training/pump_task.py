@@ -20,57 +20,18 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from matchmill.pipeline.config import ConfigError
+from matchmill.config import ConfigError
+from matchmill.models.pump.convmixer import cpu_sized
+from matchmill.models.pump.extract import build_descriptor_net
+from matchmill.models.pump.synthetic import CPU_SYNTH_CONF, make_synthetic_pair, make_unsupervised_pair, merge_conf
+from matchmill.models.pump.training import collate_pairs, compute_losses, make_optimizer
 
+from .manifest_data import inspect_manifest, read_image_rows, read_pair_rows, split_rows
 from .task import TrainTask, sample_rng
-
-DEFAULT_CONF: dict[str, Any] = {
-    "arch": "convmixer",  # descriptor net: convmixer (paper) | r2d2
-    "cpu_sized": True,  # width-128 ConvMixer (CPU budget); False = the paper's width 512
-    "net": None,  # overrides of the net's DEFAULT_CONF (e.g. {width: 64, depth: 3})
-    "lr": 1e-4,  # Adam learning rate (paper: 1e-4, constant)
-    "weight_decay": 5e-4,  # Adam weight decay (paper: 5e-4)
-    "pump_weight": 0.3,  # weight of the uniqueness loss on U samples (paper: 0.3)
-    "u_fraction": 0.0,  # share of each global batch taken from real pairs (U, data.pairs); 0 = S only
-    "synth": None,  # overrides of models.pump.synthetic.CPU_SYNTH_CONF (crop_size 128, window 192, ...)
-    "ap": None,  # overrides of models.pump.ap_loss.AP_CONF (queries, radii, bins)
-    "pump": None,  # overrides of models.pump.unsupervised_loss.DEFAULT_CONF
-    "val_pairs": 16,  # held-out synthetic pairs per validation
-    "val_seed": 1234,  # seed of the held-out pairs (fixed: every validation sees the same pairs)
-    "mma_threshold": 3.0,  # px: the validation MMA threshold
-}
-
-
-def check_conf(conf: dict) -> None:
-    """Driver-side checks of a PUMP job (config values and manifests), before Ray starts."""
-    from .manifest_data import inspect_manifest
-
-    c, d = conf["pump"], conf["data"]
-    if c["arch"] not in ("convmixer", "r2d2"):
-        raise ConfigError(f"pump.arch: {c['arch']!r} is not convmixer|r2d2")
-    if not 0.0 <= c["u_fraction"] <= 1.0:
-        raise ConfigError(f"pump.u_fraction: must be in [0, 1], got {c['u_fraction']}")
-    for key in ("net", "synth", "ap", "pump"):
-        if c[key] is not None and not isinstance(c[key], dict):
-            raise ConfigError(f"pump.{key}: expected a mapping of overrides or null, got {c[key]!r}")
-    _synth_conf(c)
-    n_u = round(conf["train"]["batch_size"] * c["u_fraction"])
-    if n_u < conf["train"]["batch_size"]:
-        if not d["images"] and not d["pairs"]:
-            raise ConfigError("data.images: required for PUMP's synthetic pairs (an images or pairs manifest URL)")
-        src = inspect_manifest(d["images"] or d["pairs"], ("images", "pairs"), "data.images" if d["images"] else "data.pairs", d["images_dir"])
-        if src.ok_rows == 0:
-            raise ConfigError(f"{'data.images' if d['images'] else 'data.pairs'}: {src.url} has no usable rows "
-                              f"({src.rows} rows, none with status ok)")
-    if n_u > 0:
-        src = inspect_manifest(d["pairs"], ("pairs",), "data.pairs", d["images_dir"])
-        if src.ok_rows == 0:
-            raise ConfigError(f"data.pairs: {src.url} has no usable pairs ({src.rows} rows, none with status ok)")
+from .validation import grid_mma
 
 
 def _synth_conf(c: dict) -> dict:
-    from matchmill.models.pump.synthetic import CPU_SYNTH_CONF, merge_conf
-
     try:
         return merge_conf({**CPU_SYNTH_CONF, **(c["synth"] or {})})
     except ValueError as exc:
@@ -92,9 +53,49 @@ class PumpTask(TrainTask):
     metric = "mma@3"
     metric_mode = "max"
 
-    def setup_data(self) -> None:
-        from .manifest_data import read_image_rows, read_pair_rows, split_rows
+    #: The ``pump`` section's keys (the job's other keys: training/config.py).
+    default_conf: dict[str, Any] = {
+        "arch": "convmixer",  # descriptor net: convmixer (paper) | r2d2
+        "cpu_sized": True,  # width-128 ConvMixer (CPU budget); False = the paper's width 512
+        "net": None,  # overrides of the net's DEFAULT_CONF (e.g. {width: 64, depth: 3})
+        "lr": 1e-4,  # Adam learning rate (paper: 1e-4, constant)
+        "weight_decay": 5e-4,  # Adam weight decay (paper: 5e-4)
+        "pump_weight": 0.3,  # weight of the uniqueness loss on U samples (paper: 0.3)
+        "u_fraction": 0.0,  # share of each global batch taken from real pairs (U, data.pairs); 0 = S only
+        "synth": None,  # overrides of models.pump.synthetic.CPU_SYNTH_CONF (crop_size 128, window 192, ...)
+        "ap": None,  # overrides of models.pump.ap_loss.AP_CONF (queries, radii, bins)
+        "pump": None,  # overrides of models.pump.unsupervised_loss.DEFAULT_CONF
+        "val_pairs": 16,  # held-out synthetic pairs per validation
+        "val_seed": 1234,  # seed of the held-out pairs (fixed: every validation sees the same pairs)
+        "mma_threshold": 3.0,  # px: the validation MMA threshold
+    }
 
+    @classmethod
+    def check_conf(cls, conf: dict) -> None:
+        """Driver-side checks of a PUMP job (config values and manifests), before Ray starts."""
+        c, d = conf["pump"], conf["data"]
+        if c["arch"] not in ("convmixer", "r2d2"):
+            raise ConfigError(f"pump.arch: {c['arch']!r} is not convmixer|r2d2")
+        if not 0.0 <= c["u_fraction"] <= 1.0:
+            raise ConfigError(f"pump.u_fraction: must be in [0, 1], got {c['u_fraction']}")
+        for key in ("net", "synth", "ap", "pump"):
+            if c[key] is not None and not isinstance(c[key], dict):
+                raise ConfigError(f"pump.{key}: expected a mapping of overrides or null, got {c[key]!r}")
+        _synth_conf(c)
+        n_u = round(conf["train"]["batch_size"] * c["u_fraction"])
+        if n_u < conf["train"]["batch_size"]:
+            if not d["images"] and not d["pairs"]:
+                raise ConfigError("data.images: required for PUMP's synthetic pairs (an images or pairs manifest URL)")
+            src = inspect_manifest(d["images"] or d["pairs"], ("images", "pairs"), "data.images" if d["images"] else "data.pairs", d["images_dir"])
+            if src.ok_rows == 0:
+                raise ConfigError(f"{'data.images' if d['images'] else 'data.pairs'}: {src.url} has no usable rows "
+                                  f"({src.rows} rows, none with status ok)")
+        if n_u > 0:
+            src = inspect_manifest(d["pairs"], ("pairs",), "data.pairs", d["images_dir"])
+            if src.ok_rows == 0:
+                raise ConfigError(f"data.pairs: {src.url} has no usable pairs ({src.rows} rows, none with status ok)")
+
+    def setup_data(self) -> None:
         d, c = self.conf["data"], self.task_conf
         self.synth = _synth_conf(c)
         self.metric = f"mma@{float(c['mma_threshold']):g}"
@@ -123,27 +124,19 @@ class PumpTask(TrainTask):
         return max(len(self.train_images), len(self.u_pairs))
 
     def build_net(self) -> nn.Module:
-        from matchmill.models.pump.extract import build_descriptor_net
-
         c = self.task_conf
         conf = dict(c["net"] or {})
         if c["arch"] == "convmixer" and c["cpu_sized"]:
-            from matchmill.models.pump.convmixer import cpu_sized
-
             conf = {**cpu_sized(), **conf}  # explicit net keys (e.g. width) win over the CPU preset
         torch.manual_seed(self.seed)
         net = build_descriptor_net(c["arch"], conf)
         return net.to(self.device).train()
 
     def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
-        from matchmill.models.pump.training import make_optimizer
-
         return make_optimizer(net, {"lr": self.task_conf["lr"], "weight_decay": self.task_conf["weight_decay"]})
 
     # -- samples ----------------------------------------------------------------------------
     def _synthetic(self, rng, images: Sequence[dict]):
-        from matchmill.models.pump.synthetic import make_synthetic_pair
-
         for _ in range(16):  # a broken image is skipped (and counted); the sample draws another one
             row = images[int(rng.integers(len(images)))]
             image = self.load(row["path"], row.get("crop"))
@@ -152,8 +145,6 @@ class PumpTask(TrainTask):
         raise ValueError(f"16 images in a row could not be read (e.g. {next(iter(self.skipped.values()), '?')})")
 
     def _unsupervised(self, rng):
-        from matchmill.models.pump.synthetic import make_unsupervised_pair
-
         for _ in range(16):
             row = self.u_pairs[int(rng.integers(len(self.u_pairs)))]
             a = self.load(row["path0"], row.get("crop0"))
@@ -163,8 +154,6 @@ class PumpTask(TrainTask):
         raise ValueError(f"16 pairs in a row could not be read (e.g. {next(iter(self.skipped.values()), '?')})")
 
     def local_batch(self, step: int, indices: Sequence[int]) -> PumpBatch:
-        from matchmill.models.pump.training import collate_pairs
-
         pairs, keys = [], []
         for i in indices:
             rng = sample_rng(self.seed, step, i)
@@ -182,8 +171,6 @@ class PumpTask(TrainTask):
         size, so that the mean over workers (what DDP's gradient averaging computes) equals the
         one-worker loss of the same global batch, however the S and U samples fall on the workers.
         """
-        from matchmill.models.pump.training import compute_losses
-
         c = self.task_conf
         gens = []  # one per sample, seeded by its global index: its queries do not depend on the worker
         for i in batch.indices:
@@ -210,6 +197,4 @@ class PumpTask(TrainTask):
         return self._val
 
     def validate(self, net: nn.Module) -> dict[str, float]:
-        from .validation import grid_mma
-
         return grid_mma(net, self.validation_pairs(), self.device, float(self.task_conf["mma_threshold"]))

@@ -1,4 +1,6 @@
-"""What every training task provides to the per-worker loop (:mod:`.loop`), and the shared helpers.
+"""What every training task provides to the driver (:mod:`.config`: defaults and checks) and to the
+per-worker loop (:mod:`.loop`), and the shared helpers. The tasks register in ``TASKS``
+(:mod:`.tasks`); this module imports none of them.
 
 A task owns its data (read by the worker from manifests), its net, its loss and its validation.
 Samples are seeded per (seed, step, index in the global batch), never per worker: worker ``r`` of
@@ -13,6 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from matchmill.datasets.image_io import ImageError
 
 from .manifest_data import ImageCache
 
@@ -43,11 +47,19 @@ class LossModule(nn.Module):
 
 
 class TrainTask:
-    """Base class: see the module docstring. Subclasses set ``name``, ``metric`` and ``metric_mode``."""
+    """Base class: see the module docstring. A subclass sets ``name``, ``metric``, ``metric_mode``
+    and ``default_conf`` (its section's keys, one comment each), may add driver-side checks in
+    :meth:`check_conf`, and is registered in ``TASKS`` (:mod:`.tasks`)."""
 
     name = "task"
     metric = "loss"  # validation metric that picks the best checkpoint
     metric_mode = "max"  # "max" or "min"
+    default_conf: dict[str, Any] = {}  # the keys of the job's section named after the task
+
+    @classmethod
+    def check_conf(cls, conf: dict) -> None:
+        """Driver-side checks of a merged, typed job config (values, manifests), before Ray
+        starts; raise :class:`matchmill.config.ConfigError` naming the key."""
 
     def __init__(self, conf: dict, device: torch.device, rank: int = 0, world: int = 1) -> None:
         self.conf = conf
@@ -73,8 +85,6 @@ class TrainTask:
 
     def load(self, path: str, crop=None) -> np.ndarray | None:
         """An image, or None (recorded in :attr:`skipped`) when it cannot be read."""
-        from matchmill.datasets.image_io import ImageError
-
         try:
             return self.images.get(path, crop)
         except ImageError as exc:
@@ -98,15 +108,3 @@ class TrainTask:
         """Validation metrics on the held-out data (rank 0 only); must hold :attr:`metric`."""
         raise NotImplementedError
 
-
-def make_task(conf: dict, device: torch.device, rank: int, world: int) -> TrainTask:
-    model = conf["model"]
-    if model == "pump":
-        from .pump_task import PumpTask as cls
-    elif model == "ncnet":
-        from .ncnet_task import NCNetTask as cls
-    elif model == "patch2pix":
-        from .patch2pix_task import Patch2PixTask as cls
-    else:
-        raise ValueError(f"unknown model {model!r}")
-    return cls(conf, device, rank, world)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,14 +17,19 @@ from matchmill.manifests.storage import (
     StorageError,
     check_writable,
     exists,
+    is_local,
     read_bytes,
     remove_tree,
     storage_env,
     url_to_fs,
 )
 
+from matchmill.pipeline.runtime import ResourceError
+
 from .checkpoints import list_checkpoints, read_best, read_train_marker, write_train_marker
 from .config import config_hash, run_url
+from .loop import STOPPED_FILE, train_loop_per_worker
+from .progress import ProgressPrinter
 
 __all__ = ["TrainResult", "TrainingStopped", "run_training", "ray_storage"]
 
@@ -51,8 +57,6 @@ def ray_storage(url: str):
     """``(storage_path, storage_filesystem)`` for Ray Train from an fsspec URL: a local path, or a
     pyarrow view of the same fsspec filesystem (so s3:// endpoints and credentials configured for
     fsspec, e.g. ``AWS_ENDPOINT_URL``, hold for checkpoints too)."""
-    from matchmill.manifests.storage import is_local
-
     fs, path = url_to_fs(url)
     if is_local(fs):
         return path, None
@@ -91,11 +95,7 @@ def _init_ray(conf: dict, address: str | None, verbose: bool = False) -> None:
 
 
 def _check_resources(conf: dict, wait_seconds: float) -> None:
-    import time
-
     import ray
-
-    from matchmill.pipeline.runtime import ResourceError
 
     s = conf["scaling"]
     deadline = time.monotonic() + wait_seconds
@@ -151,8 +151,6 @@ def run_training(conf: dict, address: str | None = None, echo=print, verbose: bo
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .loop import STOPPED_FILE, train_loop_per_worker
-
     url = run_url(conf)
     check_writable(url)  # before anything else: an unwritable checkpoint URL fails here
     marker = read_train_marker(url)
@@ -192,8 +190,6 @@ def run_training(conf: dict, address: str | None = None, echo=print, verbose: bo
             failure_config=FailureConfig(max_failures=int(t["max_failures"])),
         ),
     )
-    from .progress import ProgressPrinter
-
     try:
         with ProgressPrinter(url, int(t["steps"]), echo=echo):
             result = trainer.fit()

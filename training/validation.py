@@ -11,22 +11,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["mutual_nn", "warp_points", "grid_mma", "PoseSample", "pose_metrics"]
+from matchmill.geometry.epipolar import fundamental_from_pose, sampson_distance_sq
+from matchmill.geometry.homography import warp_points
+from matchmill.geometry.pose import estimate_relative_pose, pose_auc, relative_pose_error
+from matchmill.methods.mutual_nn import mutual_nearest
+from matchmill.models.pump.net_io import normalize_images
+
+__all__ = ["mutual_nn", "grid_mma", "PoseSample", "pose_metrics"]
 
 
 def mutual_nn(d1: Tensor, d2: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mutual nearest neighbours of ``(N1, D)`` and ``(N2, D)`` descriptors -> index arrays ``(M,)``, ``(M,)``."""
-    sim = d1 @ d2.t()
-    nn12 = sim.argmax(1)
-    nn21 = sim.argmax(0)
-    keep = nn21[nn12] == torch.arange(len(d1), device=d1.device)
-    return torch.nonzero(keep).flatten().cpu().numpy(), nn12[keep].cpu().numpy()
-
-
-def warp_points(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` pixels mapped by the homography ``H`` ``(3, 3)``."""
-    p = np.c_[pts, np.ones(len(pts))] @ H.T
-    return p[:, :2] / p[:, 2:3]
+    """Mutual nearest neighbours of ``(N1, D)`` and ``(N2, D)`` descriptors -> index arrays ``(M,)``, ``(M,)``
+    (:func:`matchmill.methods.mutual_nn.mutual_nearest`, the one definition, on CPU copies)."""
+    pairs, _ = mutual_nearest(d1.detach().float().cpu().numpy(), d2.detach().float().cpu().numpy())
+    return pairs[:, 0], pairs[:, 1]
 
 
 @torch.no_grad()
@@ -44,8 +42,6 @@ def grid_mma(net: nn.Module, pairs: Sequence, device: torch.device, threshold: f
     Returns:
         ``mma@<t>`` (mean over pairs) and ``matches`` (mean count).
     """
-    from matchmill.models.pump.net_io import normalize_images
-
     was = net.training
     net.eval()
     mmas, counts = [], []
@@ -59,7 +55,7 @@ def grid_mma(net: nn.Module, pairs: Sequence, device: torch.device, threshold: f
             g = np.arange(grid // 2, n, grid, dtype=np.float64)
             gx, gy = np.meshgrid(g, g)
             pts = np.stack([gx.ravel(), gy.ravel()], 1)
-            gt = np.rint(warp_points(pair.H, pts))
+            gt = np.rint(warp_points(pts, pair.H))
             ok = (gt >= 0).all(1) & (gt[:, 0] < pair.img2.shape[1]) & (gt[:, 1] < pair.img2.shape[0])
             ok[ok] &= pair.img2[gt[ok, 1].astype(int), gt[ok, 0].astype(int)].max(-1) > 0
             pts = pts[ok]
@@ -69,7 +65,7 @@ def grid_mma(net: nn.Module, pairs: Sequence, device: torch.device, threshold: f
             i1, i2 = mutual_nn(q, desc2.reshape(D, -1).t())
             w2 = desc2.shape[-1]
             p2 = np.stack([i2 % w2, i2 // w2], 1).astype(np.float64)
-            err = np.linalg.norm(warp_points(pair.H, pts[i1]) - p2, axis=1)
+            err = np.linalg.norm(warp_points(pts[i1], pair.H) - p2, axis=1)
             mmas.append(float((err <= threshold).mean()) if len(err) else 0.0)
             counts.append(len(err))
     finally:
@@ -92,9 +88,6 @@ def pose_metrics(samples: Sequence[PoseSample], thresholds=(5, 10, 20), ransac_p
 
     A pair with fewer than 5 matches or a failed estimate counts as an infinite error.
     """
-    from matchmill.geometry.epipolar import fundamental_from_pose, sampson_distance_sq
-    from matchmill.geometry.pose import estimate_relative_pose, pose_auc, relative_pose_error
-
     errors, sampson, counts = [], [], []
     for s in samples:
         m = s.matches

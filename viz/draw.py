@@ -1,7 +1,7 @@
 """Draw a pair's matches side by side: inliers green, outliers red (OpenCV, no display needed).
 
 Used by ``matchmill viz matches`` and by ``matchmill report`` for its example pairs
-(:mod:`matchmill.evaluation.pair_drawings`); it imports nothing of :mod:`matchmill.evaluation`.
+(:mod:`matchmill.evaluation.report.pair_drawings`); it imports nothing of :mod:`matchmill.evaluation`.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 
+from matchmill.datasets.image_io import load_image
 from matchmill.manifests.commit import read_stage
-from matchmill.pipeline.graph import get_stage
+
+from .draw import draw_matches
 
 #: Stages whose manifests hold per-pair matches, and the manifest each writes.
 MATCH_STAGES = ("verify", "refine", "propose")
@@ -16,11 +18,10 @@ def pair_row(run_url: str, pair_id: str, stage: str = "verify") -> dict:
     """The manifest row of ``pair_id`` in ``stage``; a clear error when the run or the pair is not there."""
     if stage not in MATCH_STAGES:
         raise ValueError(f"stage must be one of {MATCH_STAGES}, got {stage!r}")
-    manifest = get_stage(stage).manifest
-    ids = read_stage(run_url, stage, manifest, columns=["pair_id"])
+    ids = read_stage(run_url, stage, columns=["pair_id"])  # each match stage writes its own manifest
     if ids.num_rows == 0:
         raise FileNotFoundError(f"{run_url}: stage {stage!r} has no rows (not run yet?)")
-    table = read_stage(run_url, stage, manifest)
+    table = read_stage(run_url, stage)
     rows = table.filter(pc.equal(table["pair_id"], pair_id)).to_pylist()
     if not rows:
         sample = ", ".join(ids["pair_id"].to_pylist()[:3])
@@ -30,10 +31,6 @@ def pair_row(run_url: str, pair_id: str, stage: str = "verify") -> dict:
 
 def draw_pair(run_url: str, pair_id: str, out_png: str, stage: str = "verify", max_lines: int = 300) -> dict:
     """Draw the pair's matches (inliers green, outliers red after verify). Returns counts."""
-    from matchmill.datasets.image_io import load_image
-
-    from .draw import draw_matches
-
     row = pair_row(run_url, pair_id, stage)
     if row["status"] != "ok":
         raise ValueError(f"pair {pair_id!r} failed in {stage}: {row['error']}")

@@ -10,15 +10,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from matchmill.geometry.frames import resize_max as resize_long_side
+from matchmill.geometry.frames import resize_to_multiple
+from matchmill.methods.devices import load_state
+from matchmill.models.pump.convmixer import DEFAULT_CONF, PumpConvMixer
+from matchmill.models.pump.convmixer import cpu_sized as cpu_conf
+from matchmill.models.pump.dense_match import pyramid_maps_for_pixel
+from matchmill.models.pump.extract import dense_descriptors
+
 TOP3_COLOURS = ("red", "lime", "blue")
 
 
 def pump_net(weights: str | None = None, cpu_sized: bool = True, seed: int = 0) -> torch.nn.Module:
     """The ConvMixer used by ``extract.method=pump`` (seeded random init unless weights are given)."""
-    from matchmill.models.pump.convmixer import DEFAULT_CONF, PumpConvMixer
-    from matchmill.models.pump.convmixer import cpu_sized as cpu_conf
-    from matchmill.stages.patch2pix_methods import load_state
-
     torch.manual_seed(int(seed))
     net = PumpConvMixer(cpu_conf(DEFAULT_CONF) if cpu_sized else dict(DEFAULT_CONF)).eval()
     load_state(net, weights)
@@ -27,9 +31,6 @@ def pump_net(weights: str | None = None, cpu_sized: bool = True, seed: int = 0) 
 
 def prepare(image: np.ndarray, resize_max: int | None, multiple: int) -> np.ndarray:
     """Resize so the long side is <= ``resize_max``, then to a multiple of the net's stride."""
-    from matchmill.geometry.frames import resize_max as resize_long_side
-    from matchmill.geometry.frames import resize_to_multiple
-
     small, _ = resize_long_side(image, resize_max)
     return resize_to_multiple(small, multiple, min_cells=1, what="the pyramid view")[0]
 
@@ -40,9 +41,6 @@ def pyramid_levels(net: torch.nn.Module, image1: np.ndarray, image2: np.ndarray,
 
     ``image1``/``image2`` are (H, W, 3) uint8 already in the net's frame; (x, y) a pixel of image1.
     """
-    from matchmill.models.pump.dense_match import pyramid_maps_for_pixel
-    from matchmill.models.pump.extract import dense_descriptors
-
     h, w = image1.shape[:2]
     if not (0 <= x < w and 0 <= y < h):
         raise ValueError(f"pixel ({x}, {y}) is outside image 1 ({w}x{h} after resizing)")

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf as strict_merge  # this module's own merge_conf adds its value checks
 
 from .net_io import check_descriptors
 
@@ -50,7 +50,7 @@ _EPS = 1e-12
 
 def merge_conf(conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:data:`AP_CONF` updated with ``conf``, validated (ValueError naming the key)."""
-    out = merge_model_conf(AP_CONF, conf, "AP loss")
+    out = strict_merge(AP_CONF, conf, "AP loss")
     inner, outer = (float(v) for v in out["neg_radii"])
     if not 0 <= float(out["pos_radius"]) < inner <= outer:
         raise ValueError(f"AP loss conf needs 0 <= pos_radius < neg_radii[0] <= neg_radii[1], got {out['pos_radius']}, {out['neg_radii']}")

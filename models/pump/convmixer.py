@@ -1,6 +1,6 @@
 """PUMP's ConvMixer: dense, unit-norm 128-D descriptors for every pixel.
 
-Written from ``specs/pump.md`` §1.1 (a description of the released model, not its code).
+Written from ``docs/specs/pump.md`` §1.1 (a description of the released model, not its code).
 
 Layer sequence (every conv has a bias; every activation is ReLU followed by BatchNorm):
 
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf as strict_merge  # this module's own merge_conf adds its value checks
 from matchmill.models.weights import load_weights
 
 from .net_io import check_image_batch
@@ -60,7 +60,7 @@ DEFAULT_CONF: dict[str, Any] = {
 
 def merge_conf(conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:data:`DEFAULT_CONF` updated with ``conf``, validated (ValueError on unknown keys / bad values)."""
-    out = merge_model_conf(DEFAULT_CONF, conf, "PumpConvMixer")
+    out = strict_merge(DEFAULT_CONF, conf, "PumpConvMixer")
     for key in ("width", "stem_kernel", "patch_size", "depth", "kernel_size", "out_dim"):
         if int(out[key]) < 1:
             raise ValueError(f"PumpConvMixer conf '{key}' must be a positive integer, got {out[key]!r}")
@@ -80,7 +80,7 @@ def cpu_sized(conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     receptive field, ~232 px) stay those of the paper model. An explicit ``stem_width`` is reset to
     ``width // 4``.
     """
-    out = merge_model_conf(DEFAULT_CONF, conf, "PumpConvMixer")
+    out = strict_merge(DEFAULT_CONF, conf, "PumpConvMixer")
     out["width"] = 128
     out["stem_width"] = None
     return merge_conf(out)
@@ -128,6 +128,9 @@ class PumpConvMixer(nn.Module):
         >>> net(torch.zeros(1, 3, 32, 48)).shape
         torch.Size([1, 128, 32, 48])
     """
+
+    #: Its entry in models/official_checkpoints.py (which official checkpoint layouts it reads).
+    checkpoint_kind = "convmixer"
 
     default_conf = DEFAULT_CONF
 

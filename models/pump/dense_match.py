@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf
 from .pyramid_infer import InferencePyramid, build_inference_pyramid, iter_final_level0, level0_rows, level1_rows
 from .pyramid_train import CELL, CELL_CENTRE
 
@@ -126,7 +126,7 @@ def single_scale_candidates(desc1: Tensor, desc2: Tensor, conf: dict | None = No
     Returns:
         the :class:`SideCandidates`, or None when either map is smaller than 4x4 or spatially constant.
     """
-    conf = merge_model_conf(DEFAULT_CONF, conf, "PUMP dense match")
+    conf = merge_conf(DEFAULT_CONF, conf, "PUMP dense match")
     _check_maps(desc1, desc2)
     if _is_degenerate(desc1, conf["min_desc_std"]) or _is_degenerate(desc2, conf["min_desc_std"]):
         return None
@@ -217,7 +217,7 @@ def pyramid_maps_for_pixel(desc1: Tensor, desc2: Tensor, x: float, y: float, con
         float32, "top3": (3, 3) float32 [x2, y2, score] of the 3 highest cells in img2 pixels,
         rows of NaN when the map has fewer than 3 cells, "centre": (x, y) of the patch in img1}``.
     """
-    conf = merge_model_conf(DEFAULT_CONF, conf, "PUMP dense match")
+    conf = merge_conf(DEFAULT_CONF, conf, "PUMP dense match")
     _check_maps(desc1, desc2)
     h1, w1 = desc1.shape[-2:]
     if not (0 <= x < w1 and 0 <= y < h1):

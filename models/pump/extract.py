@@ -34,8 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf
 from matchmill.models.resnet import normalize_image
+
+from .convmixer import PumpConvMixer, cpu_sized
+from .r2d2 import R2D2Net
 
 __all__ = [
     "SAMPLE_CONF",
@@ -79,12 +82,8 @@ def build_descriptor_net(arch: str = "convmixer", conf: Mapping[str, Any] | None
         cpu: ConvMixer only: use :func:`~matchmill.models.pump.convmixer.cpu_sized` (width 128).
     """
     if arch == "convmixer":
-        from .convmixer import PumpConvMixer, cpu_sized
-
         return PumpConvMixer(cpu_sized(conf) if cpu else conf).eval()
     if arch == "r2d2":
-        from .r2d2 import R2D2Net
-
         if cpu:
             raise ValueError("cpu=True applies to the convmixer only (the R2D2 net is already small)")
         return R2D2Net(conf).eval()
@@ -167,7 +166,7 @@ def choose_scale_indices(
     Returns:
         ``(N,)`` int64.
     """
-    c = merge_model_conf(SAMPLE_CONF, conf, "PUMP keypoint sampling")
+    c = merge_conf(SAMPLE_CONF, conf, "PUMP keypoint sampling")
     if c["mode"] not in ("size", "finest"):
         raise ValueError(f"PUMP keypoint sampling 'mode' must be 'size' or 'finest', got {c['mode']!r}")
     log_avail = np.log2(np.asarray(available, np.float64))

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 from torch import Tensor
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf
 from .dense_match import DEFAULT_CONF as SINGLE_SCALE_CONF
 from .dense_match import single_scale_candidates
 
@@ -128,7 +128,7 @@ def match_multiscale(
     Returns:
         ``(N, 5)`` float32 ``[x1, y1, x2, y2, score]``, sorted by (y1, x1) bin.
     """
-    conf = merge_model_conf(DEFAULT_CONF, conf, "PUMP multi-scale match")
+    conf = merge_conf(DEFAULT_CONF, conf, "PUMP multi-scale match")
     _check_maps(maps1, "maps1")
     _check_maps(maps2, "maps2")
     _check_size(size1, "size1")

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf
 
 __all__ = ["DEFAULT_CONF", "link_pairs", "connected_components", "post_filter"]
 
@@ -111,7 +111,7 @@ def post_filter(matches: np.ndarray, conf: dict | None = None) -> np.ndarray:
     Returns:
         ``(M, 5)`` float32 kept rows (input order) with ``score + log2(component size)``.
     """
-    conf = merge_model_conf(DEFAULT_CONF, conf, "PUMP post-filter")
+    conf = merge_conf(DEFAULT_CONF, conf, "PUMP post-filter")
     matches = np.asarray(matches)
     if matches.ndim != 2 or matches.shape[1] != 5:
         raise ValueError(f"post_filter expects (N, 5) [x1, y1, x2, y2, score] matches, got shape {matches.shape}")

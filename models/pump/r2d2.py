@@ -1,6 +1,6 @@
 """R2D2-style descriptor backbone (``Quad_L2Net`` layout, "dilated" full-resolution mode), descriptors only.
 
-Written from ``specs/pump.md`` §1.2; the alternative backbone of the supplementary's Table A. Same
+Written from ``docs/specs/pump.md`` §1.2; the alternative backbone of the supplementary's Table A. Same
 call contract as :class:`matchmill.models.pump.convmixer.PumpConvMixer`: ImageNet-normalised
 ``(B, 3, H, W)`` in, ``(B, 128, H, W)`` unit descriptors out.
 
@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf as strict_merge  # this module's own merge_conf adds its value checks
 from matchmill.models.weights import load_weights
 
 from .net_io import check_image_batch
@@ -67,7 +67,7 @@ _LAYOUT: tuple[tuple[int, int, int, bool, bool], ...] = (
 
 def merge_conf(conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:data:`DEFAULT_CONF` updated with ``conf``, validated (ValueError on unknown keys / bad values)."""
-    out = merge_model_conf(DEFAULT_CONF, conf, "R2D2Net")
+    out = strict_merge(DEFAULT_CONF, conf, "R2D2Net")
     for key in ("mchan", "out_dim"):
         if int(out[key]) < 1:
             raise ValueError(f"R2D2Net conf '{key}' must be a positive integer, got {out[key]!r}")
@@ -84,6 +84,9 @@ class R2D2Net(nn.Module):
         - Input: :math:`(B, 3, H, W)` float, ImageNet-normalised RGB, any ``H, W >= 1``.
         - Output: :math:`(B, D, H, W)`, unit L2 norm per pixel, ``D = out_dim``.
     """
+
+    #: Its entry in models/official_checkpoints.py (which official checkpoint layouts it reads).
+    checkpoint_kind = "r2d2net"
 
     default_conf = DEFAULT_CONF
 

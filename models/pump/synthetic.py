@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 import torch
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf as strict_merge  # this module's own merge_conf adds its value checks
 
 __all__ = [
     "SYNTH_CONF",
@@ -100,7 +100,7 @@ class TrainingPair:
 
 def merge_conf(conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:data:`SYNTH_CONF` updated with ``conf``, validated (ValueError naming the bad key)."""
-    out = merge_model_conf(SYNTH_CONF, conf, "synthetic pair")
+    out = strict_merge(SYNTH_CONF, conf, "synthetic pair")
     if int(out["crop_size"]) < 8:
         raise ValueError(f"synthetic pair conf 'crop_size' must be >= 8, got {out['crop_size']}")
     if out["window_size"] is not None and float(out["window_size"]) < 8:

@@ -10,7 +10,7 @@ needed for correctness and is left out.
 
 Pure PyTorch; the Ray Train loop, data loading and checkpoints live elsewhere and call these.
 The PUMP unsupervised loss is :func:`matchmill.models.pump.unsupervised_loss.unsupervised_loss`,
-imported only when a batch holds U samples.
+computed only when a batch holds U samples.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf as strict_merge  # this module's own merge_conf adds its value checks
 
 from .ap_loss import ap_loss
 from .net_io import normalize_images
 from .synthetic import TrainingPair
+from .unsupervised_loss import unsupervised_loss
 
 __all__ = ["TRAIN_CONF", "merge_conf", "make_optimizer", "collate_pairs", "compute_losses", "training_step"]
 
@@ -40,7 +41,7 @@ TRAIN_CONF: dict[str, Any] = {
 
 def merge_conf(conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:data:`TRAIN_CONF` updated with ``conf`` (ValueError on unknown keys)."""
-    out = merge_model_conf(TRAIN_CONF, conf, "PUMP training")
+    out = strict_merge(TRAIN_CONF, conf, "PUMP training")
     if float(out["lr"]) <= 0 or float(out["weight_decay"]) < 0 or float(out["pump_weight"]) < 0:
         raise ValueError(f"PUMP training conf needs lr > 0, weight_decay >= 0, pump_weight >= 0, got {out}")
     return out
@@ -129,8 +130,6 @@ def compute_losses(
     else:
         ap = ap_loss(d1[is_s], d2[is_s], H[is_s], c["ap"], generator)
     if bool((~is_s).any()):
-        from matchmill.models.pump.unsupervised_loss import unsupervised_loss
-
         pump = unsupervised_loss(d1[~is_s], d2[~is_s], c["pump"])
     else:
         pump = zero

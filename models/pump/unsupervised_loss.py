@@ -12,7 +12,7 @@ from typing import Mapping
 
 from torch import Tensor
 
-from matchmill.config import merge_conf as merge_model_conf
+from matchmill.config import merge_conf
 from .pyramid_train import atomic_descriptors, build_pyramid, initial_correlation, rectify, subsample_grid
 
 __all__ = ["DEFAULT_CONF", "uniqueness_loss", "pyramid_top", "unsupervised_loss"]
@@ -85,7 +85,7 @@ def unsupervised_loss(desc_a: Tensor, desc_b: Tensor, conf: dict | None = None) 
     Returns:
         scalar tensor in ``[-1, 0]`` (differentiable w.r.t. both maps).
     """
-    conf = merge_model_conf(DEFAULT_CONF, conf, "PUMP unsupervised loss")
+    conf = merge_conf(DEFAULT_CONF, conf, "PUMP unsupervised loss")
     for name, desc in (("desc_a", desc_a), ("desc_b", desc_b)):
         if desc.ndim != 4:
             raise ValueError(f"{name} must be (B, C, H, W), got shape {tuple(desc.shape)}")

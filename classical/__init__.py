@@ -1,1 +1,0 @@
-"""matchmill.classical."""

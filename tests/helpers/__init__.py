@@ -1,0 +1,2 @@
+"""Helpers shared by test modules in several folders (import them as ``tests.helpers.<module>``);
+fixtures live in ``tests/conftest.py``."""
