@@ -1,4 +1,5 @@
-"""``matchmill bench hpatches|pose|megadepth1500``: benchmark presets over the same pipeline.
+"""``matchmill bench hpatches|pose|megadepth1500|card``: benchmark presets over the same pipeline, and the
+release model card (evaluation/release/model_card.py).
 
 Each writes ``OUT/summary.json`` ({method: {metric: value}}), ``OUT/bench.json``,
 ``OUT/<method>/pairs.parquet`` and appends to the history table. Exit codes: 0 every method ran;
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from matchmill.config import ConfigError
-from matchmill.methods.presets import BASELINE, METHOD_PRESETS, UnknownPresetError, select_methods
+from matchmill.methods.presets import BASELINE, PRESETS, UnknownPresetError, select_methods
 
 from .benchmarks.arguments import positive_int
 from .benchmarks.hpatches import list_hpatches_bench_pairs
@@ -29,7 +30,7 @@ def _common_options(parser: argparse.ArgumentParser, resize_help: str) -> None:
     parser.add_argument("--out", required=True, help="output folder (local path or fsspec URL)")
     parser.add_argument(
         "--methods", default="",
-        help=f"comma-separated method presets besides the SIFT baseline ({', '.join(METHOD_PRESETS)})",
+        help=f"comma-separated method presets besides the SIFT baseline ({', '.join(PRESETS)})",
     )
     parser.add_argument("--no-sift", action="store_true", help=f"do not run the {BASELINE!r} baseline")
     parser.add_argument(

@@ -23,7 +23,7 @@ from .pump import PUMP_WEIGHTS
 from .registry import REGISTRIES, is_known, load_method
 
 __all__ = [
-    "BASELINE", "METHOD_PRESETS", "PRESETS", "PUMP_NC_WEIGHTS", "PUMP_P2P_WEIGHTS", "PUMP_WEIGHTS",
+    "BASELINE", "PRESETS", "PUMP_NC_WEIGHTS", "PUMP_P2P_WEIGHTS", "PUMP_WEIGHTS",
     "RESNET_NC_WEIGHTS", "RESNET_P2P_WEIGHTS", "UnknownPresetError", "UnregisteredMethodError",
     "apply_preset", "check_registered", "preset_overrides", "preset_user_config", "select_methods",
 ]
@@ -31,8 +31,6 @@ __all__ = [
 #: Preset name -> dotted config overrides (values as Python objects). Learned presets use the
 #: shipped weights; ``<preset>:<stage>.weights=PATH`` (or ``=null``, a random init) replaces them.
 PRESETS: dict[str, dict[str, Any]] = {**sift.PRESETS, **patch2pix.PRESETS, **ncnet.PRESETS, **pump.PRESETS}
-#: The same table under its benchmark name.
-METHOD_PRESETS = PRESETS
 
 #: The preset run as the baseline unless ``--no-sift`` is given.
 BASELINE = "sift"

@@ -1,5 +1,6 @@
-"""Subcommands ``run | mine | status | show | gc | export | compare | demo-data`` of the ``matchmill``
-command line (matchmill/cli.py holds the parser, the common error handling and the exit codes).
+"""Subcommands ``run | mine | show | gc | export | compare | demo-data`` of the ``matchmill`` command
+line (matchmill/cli.py holds the parser, the common error handling, the exit codes and ``status``,
+which reads training runs too).
 
 Exit codes of ``run`` and ``mine``: 0 done; 1 done, but a stage's failed rows exceed
 ``max_failed_fraction`` (default 0: any failed row; the rows are kept, ``matchmill show RUN STAGE

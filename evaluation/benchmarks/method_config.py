@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import fsspec
 
 from matchmill.config import ConfigError, parse_override, read_user_config, set_dotted
-from matchmill.methods.presets import METHOD_PRESETS, check_registered
+from matchmill.methods.presets import PRESETS, check_registered
 from matchmill.manifests.storage import join
 from matchmill.pipeline.config import resolve
 from matchmill.pipeline.graph import EXECUTION_KEYS
@@ -109,7 +109,7 @@ def method_config(
         ConfigError: bad base config or override (the message names the key).
         UnregisteredMethodError: the preset names a stage method that is not registered.
     """
-    presets = presets or METHOD_PRESETS
+    presets = presets or PRESETS
     check_registered(method, presets[method])
     user: dict = {}
     if base_config:

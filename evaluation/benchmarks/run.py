@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from matchmill.config import ConfigError
-from matchmill.methods.presets import METHOD_PRESETS, UnregisteredMethodError
+from matchmill.methods.presets import PRESETS, UnregisteredMethodError
 from matchmill.manifests.commit import code_version, read_stage
 from matchmill.manifests.schemas import PAIRS, STATUS_OK
 from matchmill.manifests.storage import (
@@ -83,7 +83,7 @@ class BenchRequest:
         target_matches: threshold tuning target: a mean match count, or a method name (its mean
             match count); None = no tuning.
         info: extra facts for bench.json (e.g. sequences used).
-        presets: preset table (default METHOD_PRESETS).
+        presets: preset table (default PRESETS).
     """
 
     benchmark: str
@@ -291,7 +291,7 @@ def run_bench(request: BenchRequest, echo: Callable[[str], Any] = print) -> Benc
         ConfigError: no pairs, bad options, or every method's config is invalid (nothing ran).
         StorageError: OUT is not writable.
     """
-    presets = request.presets or METHOD_PRESETS
+    presets = request.presets or PRESETS
     out_url = _check_request(request, presets)
     date = hist.utc_now()
     run_id = hist.new_run_id(date)

@@ -1,6 +1,6 @@
 """``matchmill bench card``: the model card's accuracy + cost table, every row from one command.
 
-For every method preset (:data:`matchmill.methods.presets.METHOD_PRESETS`, read at run time)
+For every method preset (:data:`matchmill.methods.presets.PRESETS`, read at run time)
 and every reference dataset it runs the ordinary benchmark machinery
 (:func:`matchmill.evaluation.benchmarks.run.run_bench`: one pipeline run per method and dataset,
 resumable, results in ``OUT/<dataset>/...``), measures each chain's CPU cost in a child process
@@ -43,7 +43,7 @@ from matchmill.evaluation.benchmarks.arguments import positive_int
 from matchmill.evaluation.benchmarks.method_config import default_history_url, method_config, to_url
 from matchmill.evaluation.benchmarks.run import BenchRequest, run_bench, subsample_evenly
 from matchmill.manifests.commit import code_version
-from matchmill.methods.presets import METHOD_PRESETS, UnregisteredMethodError
+from matchmill.methods.presets import PRESETS, UnregisteredMethodError
 
 from .card_cost import COST_PAIRS, COST_THREADS, COST_WHAT, run_cost
 from .card_datasets import (
@@ -56,7 +56,7 @@ __all__ = ["DEFAULT_METHODS", "CardRequest", "random_init_overrides", "run_card"
 
 CARD_VERSION = 1
 
-#: The presets of the card, in row order (those missing from METHOD_PRESETS at run time are skipped).
+#: The presets of the card, in row order (those missing from PRESETS at run time are skipped).
 DEFAULT_METHODS = ("sift", "pump", "pump-sift-mnn", "pump-ncnet-patch2pix", "pump-ncnet", "patch2pix")
 
 
@@ -154,14 +154,14 @@ def run_card(req: CardRequest, echo: Callable[[str], Any] = print) -> tuple[dict
     Raises:
         ConfigError: bad options (unknown method / dataset / override, OUT of another card), nothing run.
     """
-    presets = METHOD_PRESETS  # read now: the presets may change between releases
+    presets = PRESETS  # read now: the presets may change between releases
     if req.methods:
         methods = _select(req.methods, list(presets), "methods")
     else:
         methods = [m for m in DEFAULT_METHODS if m in presets]
         for m in DEFAULT_METHODS:
             if m not in presets:
-                echo(f"[card] preset {m!r} is not in METHOD_PRESETS: left out")
+                echo(f"[card] preset {m!r} is not in PRESETS: left out")
     dataset_keys = _select(req.datasets, DATASET_KEYS, "datasets")
     out = _local_out(req.out)
     data_root = Path(req.data).resolve()

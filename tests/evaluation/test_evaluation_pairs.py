@@ -19,7 +19,7 @@ from matchmill.evaluation.benchmarks.megadepth1500 import (
     scene_info_pairs,
 )
 from matchmill.methods.presets import (
-    METHOD_PRESETS,
+    PRESETS,
     UnknownPresetError,
     UnregisteredMethodError,
     check_registered,
@@ -179,10 +179,10 @@ def test_scene_info_from_colmap_matches_the_megadepth_pair_source(demo_root, tmp
 
 
 def test_presets_and_method_selection():
-    assert METHOD_PRESETS["patch2pix"] == {
+    assert PRESETS["patch2pix"] == {
         "extract.method": "resnet34", "propose.method": "ncnet", "propose.weights": "shipped:ncnet-resnet34-seed0",
         "refine.method": "patch2pix", "refine.weights": "shipped:patch2pix-resnet34-seed0"}
-    assert METHOD_PRESETS["pump-ncnet-patch2pix"]["extract.pyramid"] is True
+    assert PRESETS["pump-ncnet-patch2pix"]["extract.pyramid"] is True
     assert select_methods(["patch2pix", "sift", ""]) == ["sift", "patch2pix"]
     assert select_methods(["patch2pix"], include_baseline=False) == ["patch2pix"]
     with pytest.raises(UnknownPresetError, match="known: .*sift"):

@@ -11,7 +11,7 @@ import pytest
 
 from matchmill.evaluation.benchmarks.history import read_history
 from matchmill.evaluation.benchmarks.megadepth1500 import scene_info_from_colmap
-from matchmill.methods.presets import METHOD_PRESETS
+from matchmill.methods.presets import PRESETS
 from matchmill.cli import main
 
 from tests.helpers.paths import shared_data
@@ -64,7 +64,7 @@ def test_bench_hpatches_sift_on_v_wormhole_with_threshold_tuning(ray_local, tmp_
 
 def test_bench_pose_kitti_reports_an_unregistered_method_and_still_runs_sift(ray_local, tmp_path, monkeypatch, capsys):
     pairs_file = shared_data("kitti_seq00") / "pairs_with_gt.txt"
-    monkeypatch.setitem(METHOD_PRESETS, "ghost", {"extract.method": "ghost-net"})
+    monkeypatch.setitem(PRESETS, "ghost", {"extract.method": "ghost-net"})
     out = tmp_path / "kitti"
     args = ["bench", "pose", str(pairs_file), "--images", str(pairs_file.parent), "--out", str(out),
             "--methods", "ghost", "--max-pairs", "3", "extract.max_keypoints=1024"]

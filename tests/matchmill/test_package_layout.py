@@ -4,12 +4,15 @@
 - no import circle among matchmill's modules; imports inside functions count (a lazy import still
   ties two modules together);
 - no two folders import each other, and every import goes down the layers of ``LAYERS``
-  (config < manifests, geometry < datasets, models < methods < stages, viz < pipeline < training <
-  evaluation < matchmill.cli, matchmill.api);
+  (config < manifests, geometry, weights < datasets, models < methods < stages, viz < pipeline <
+  training < evaluation < matchmill.cli, matchmill.api, matchmill.status);
 - an import of matchmill code inside a function says why it is lazy (``# lazy: <reason>``);
 - one file is called ``cli.py`` (``matchmill/cli.py``, the parser every subcommand registers into),
   and every package folder is installed (listed in pyproject.toml's ``packages``);
-- nothing imports or names ``matchmill.bench`` (the accuracy benchmarks are ``matchmill.evaluation``).
+- nothing imports or names ``matchmill.bench`` (the accuracy benchmarks are ``matchmill.evaluation``);
+- tests mirror the package folders: ``tests/<folder>/test_*.py`` for a folder of the repository
+  (``tests/matchmill/`` for ``matchmill/``), besides ``tests/system/`` (end-to-end runs across the
+  packages) and ``tests/helpers/`` (shared helpers, no tests); no test module at ``tests/`` itself.
 """
 
 from __future__ import annotations
@@ -62,6 +65,25 @@ def _installed_problems(root: Path, layout) -> list[str]:
     return [f"pyproject.toml does not install the package {name}" for name in sorted(packages - listed)] if listed else []
 
 
+#: Test folders that are not a folder of the repository.
+TEST_ONLY_FOLDERS = {"system", "helpers"}
+
+
+def _test_folder_problems(root: Path) -> list[str]:
+    """Test modules outside a ``tests/<folder>/`` that mirrors a repository folder."""
+    tests = root / "tests"
+    if not tests.is_dir():
+        return []
+    problems = []
+    for path in sorted(tests.rglob("test_*.py")):
+        rel = path.relative_to(tests)
+        if len(rel.parts) == 1:
+            problems.append(f"tests/{rel} is not in a folder named after the package folder it tests")
+        elif rel.parts[0] not in TEST_ONLY_FOLDERS and not (root / rel.parts[0]).is_dir():
+            problems.append(f"tests/{rel}: {rel.parts[0]}/ is not a folder of the repository")
+    return problems
+
+
 def layout_problems(root: Path) -> list[str]:
     """Every breach of the rules in the module docstring, one line each ([] when the layout is right)."""
     layout = layout_report.analyse(root)
@@ -72,7 +94,8 @@ def layout_problems(root: Path) -> list[str]:
                  for line in layout_report.uncommented_lazy_imports(layout)]
     problems += [f"{p.relative_to(root)} is called cli.py (subcommands register into matchmill/cli.py)"
                  for m, p in layout.modules.items() if p.name == "cli.py" and m != "matchmill.cli"]
-    return problems + _installed_problems(root, layout) + _old_name_problems(root, layout)
+    return (problems + _installed_problems(root, layout) + _old_name_problems(root, layout)
+            + _test_folder_problems(root))
 
 
 # ----------------------------------------------------------------------------- the repository
@@ -137,6 +160,9 @@ def test_the_layout_before_issue_20_is_refused(tmp_path):
         "stages/extract.py": "def f():\n    from matchmill.pipeline.runner import run\n",
         "evaluation/__init__.py": "",
         "viz/__init__.py": "",
+        "tests/test_flat.py": "",
+        "tests/bench/test_old.py": "",
+        "tests/pipeline/test_runner.py": "",
     })
     problems = layout_problems(tmp_path)
     assert "import circle: matchmill.pipeline.export <-> matchmill.pipeline.export_colmap" in problems
@@ -149,7 +175,9 @@ def test_the_layout_before_issue_20_is_refused(tmp_path):
     assert "pyproject.toml does not install the package matchmill.pipeline.sub" in problems
     assert "matchmill/cli.py names the module 'matchmill.bench.cli'" in problems
     assert "import circle: matchmill.pipeline.runner <-> matchmill.stages.extract" in problems
-    assert len(problems) == 8, problems
+    assert "tests/test_flat.py is not in a folder named after the package folder it tests" in problems
+    assert "tests/bench/test_old.py: bench/ is not a folder of the repository" in problems
+    assert len(problems) == 10, problems
 
 
 def test_a_longer_cycle_through_a_package_import_is_found(tmp_path):

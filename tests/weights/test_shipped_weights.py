@@ -58,9 +58,9 @@ def test_unknown_shipped_name_lists_the_known_ones():
 
 
 def test_learned_presets_and_demo_learned_use_shipped_weights(demo_root):
-    from matchmill.methods.presets import METHOD_PRESETS
+    from matchmill.methods.presets import PRESETS
 
-    for preset, overrides in METHOD_PRESETS.items():
+    for preset, overrides in PRESETS.items():
         learned = [k for k in overrides if k.endswith(".method") and overrides[k] not in ("sift", "mnn", "identity")]
         for key in learned:
             stage = key.split(".")[0]
