@@ -29,6 +29,8 @@ from matchmill.config import (
 )
 from matchmill.models.device import AMP_CHOICES
 
+from .tasks import TASKS, task_class
+
 #: A training job's keys: the shared ones (:data:`matchmill.config.SHARED_JOB_DEFAULTS`: storage,
 #: run_name, seed, ray, data.images_dir, data.max_image_pixels) with a training job's own defaults,
 #: and its own keys; the model's section is the task's ``default_conf``.
@@ -58,54 +60,25 @@ TRAIN_DEFAULTS: dict[str, Any] = deep_merge(SHARED_JOB_DEFAULTS, {
 })
 
 
-def _tasks() -> dict:
-    from .tasks import TASKS  # lazy: the task modules import torch, and the CLI parser imports this module
-
-    return TASKS
-
-
-class _ModelNames:
-    """The names of ``TASKS``, read on first use (the ``matchmill train`` parser's choices: building
-    the parser must not import torch)."""
-
-    def __iter__(self):
-        return iter(_tasks())
-
-    def __contains__(self, name: object) -> bool:
-        return name in _tasks()
-
-    def __len__(self) -> int:
-        return len(_tasks())
-
-    def __repr__(self) -> str:
-        return repr(tuple(self))
-
-
 #: The trainable models (the keys of ``TASKS``).
-MODELS = _ModelNames()
-
-
-def _task_class(model: str):
-    from .tasks import task_class  # lazy: as in _tasks
-
-    return task_class(model)
+MODELS = tuple(TASKS)
 
 
 def default_train_config(model: str) -> dict[str, Any]:
     """The job's defaults with the model's section (its task's ``default_conf``)."""
     conf = copy.deepcopy(TRAIN_DEFAULTS)
-    conf[model] = copy.deepcopy(_task_class(model).default_conf)
+    conf[model] = copy.deepcopy(task_class(model).default_conf)
     return conf
 
 
 def load_train_config(model: str, path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
     """Read YAML, apply dotted overrides, fill defaults, validate. ``conf["model"]`` is set."""
-    _task_class(model)  # an unknown model is named first
+    task_class(model)  # an unknown model is named first
     user = read_user_config(path, overrides)
     written_for = user.pop("model", model)
     if written_for != model:
         raise ConfigError(f"model: the config file is written for {written_for!r}, not {model!r}")
-    others = [m for m in _tasks() if m != model and m in user]
+    others = [m for m in TASKS if m != model and m in user]
     if others:
         raise ConfigError(f"{others[0]}: section of another model in a {model} training job")
     defaults = default_train_config(model)
@@ -190,7 +163,7 @@ def _check_values(conf: dict) -> None:
     check_storage_url(conf["storage"])
     if conf["storage"].startswith("memory://"):
         raise ConfigError("storage: memory:// is not shared with Ray workers; use file://, s3:// or gs://")
-    _task_class(conf["model"]).check_conf(conf)
+    task_class(conf["model"]).check_conf(conf)
 
 
 def run_url(conf: dict) -> str:

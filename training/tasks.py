@@ -2,33 +2,36 @@
 
 Each task class (:class:`.task.TrainTask`) carries its section's defaults (``default_conf``) and
 its driver-side checks (``check_conf``); :mod:`.config` and :mod:`.loop` read them from here. A new
-trainable method adds its task module and one entry below.
+trainable method adds its task module and one entry below. Entries are ``"module:Class"`` strings
+imported when a task is used (as the method registry's), so that the ``matchmill train`` parser
+and config validation of other jobs never import torch.
 """
 
 from __future__ import annotations
 
-import torch
+import importlib
+from typing import TYPE_CHECKING
 
 from matchmill.config import ConfigError
 
-from .ncnet_task import NCNetTask
-from .patch2pix_task import Patch2PixTask
-from .pump_task import PumpTask
-from .task import TrainTask
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import torch
 
-TASKS: dict[str, type[TrainTask]] = {
-    "pump": PumpTask,
-    "ncnet": NCNetTask,
-    "patch2pix": Patch2PixTask,
+    from .task import TrainTask
+
+TASKS: dict[str, str] = {
+    "pump": "matchmill.training.pump_task:PumpTask",
+    "ncnet": "matchmill.training.ncnet_task:NCNetTask",
+    "patch2pix": "matchmill.training.patch2pix_task:Patch2PixTask",
 }
 
 
 def task_class(model: str) -> type[TrainTask]:
-    """``TASKS[model]``; an unknown name is a :class:`ConfigError` listing the known ones."""
-    try:
-        return TASKS[model]
-    except KeyError:
-        raise ConfigError(f"unknown model {model!r}; expected one of {', '.join(TASKS)}") from None
+    """The task class of ``model``; an unknown name is a :class:`ConfigError` listing the known ones."""
+    if model not in TASKS:
+        raise ConfigError(f"unknown model {model!r}; expected one of {', '.join(TASKS)}")
+    module_name, class_name = TASKS[model].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def make_task(conf: dict, device: torch.device, rank: int, world: int) -> TrainTask:

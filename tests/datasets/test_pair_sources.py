@@ -17,11 +17,8 @@ from matchmill.datasets.hpatches import (
 from matchmill.datasets.pairs_file import PAIR_ROW_KEYS, join_path, read_pairs_file
 from matchmill.manifests.schemas import PAIR_FIELDS, PAIRS
 
-from tests.helpers.paths import SHARED_DATA
+from tests.helpers.paths import SHARED_DATA, needs_shared
 
-needs_shared = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"reference data {SHARED_DATA} absent (only in the dev workspace)"
-)
 
 H_TEXT = "1.1 0.0 5.0\n0.0 0.9 -3.0\n0.0 0.0 1.0\n"
 IDENTITY_K = "500 0 320 0 500 240 0 0 1"

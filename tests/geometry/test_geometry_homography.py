@@ -20,11 +20,8 @@ from matchmill.geometry.homography import (
 from matchmill.geometry.pair_metrics import aggregate_metrics, evaluate_pair
 from matchmill.geometry.robust import find_fundamental, find_homography
 
-from tests.helpers.paths import SHARED_DATA
+from tests.helpers.paths import SHARED_DATA, needs_shared
 
-needs_shared = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"reference data {SHARED_DATA} absent (only in the dev workspace)"
-)
 
 H_GENERAL = np.array([[1.1, 0.05, 12.0], [-0.03, 0.92, -7.0], [2e-4, -1e-4, 1.0]])
 

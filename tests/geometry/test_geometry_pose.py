@@ -21,11 +21,7 @@ from matchmill.geometry.pose import (
 )
 from matchmill.geometry.robust import find_fundamental
 
-from tests.helpers.paths import SHARED_DATA
-
-needs_shared = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"reference data {SHARED_DATA} absent (only in the dev workspace)"
-)
+from tests.helpers.paths import SHARED_DATA, needs_shared
 
 
 def rotation(axis, degrees: float) -> np.ndarray:

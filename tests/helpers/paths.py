@@ -14,6 +14,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 BENCHMARKS = REPO / "benchmarks"
 
+#: Marks a test that reads ../shared/data: skipped with this reason where it is absent (a user's checkout).
+needs_shared = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"reference data {SHARED_DATA} absent (only in the dev workspace)"
+)
+
 
 def shared_data(sub: str) -> Path:
     """Path under ../shared/data, or skip the test with the reason when it is absent."""
