@@ -136,7 +136,7 @@ def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> Path:
 
 def matchmill_overrides(job: Job, pairs_file: Path, images: Path, storage: Path, run_name: str,
                         extra: list[str] = ()) -> list[str]:
-    """CLI overrides of the job (keys as in pipeline/config.py)."""
+    """CLI overrides of the job (keys as in matchmill/pipeline/config.py)."""
     return ["data.source=pairs_file", f"data.pairs_file={pairs_file}", f"data.images_dir={images}",
             f"extract.resize_max={job.resize_max}", f"extract.max_keypoints={job.max_keypoints}",
             f"propose.ratio={job.ratio}", "verify.geometry=fundamental",

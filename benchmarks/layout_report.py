@@ -21,9 +21,22 @@ _SKIP = {"__pycache__", "build", "dist", "shared"}
 
 
 def package_roots(root: Path) -> dict[str, Path]:
-    """{package name: folder} from pyproject.toml's ``[tool.setuptools.package-dir]``."""
-    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
-    return {name: root / folder for name, folder in pyproject["tool"]["setuptools"]["package-dir"].items()}
+    """{package name: folder} of pyproject.toml's ``packages``, placed as setuptools places them: under
+    the longest prefix ``package-dir`` maps (``""``: the root of every package), else ``a.b`` in ``a/b``."""
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = setuptools.get("package-dir", {})
+    names = set(setuptools.get("packages", [])) | {n for n in mapped if n}
+    out = {}
+    for name in names:
+        parts = name.split(".")
+        for cut in range(len(parts), -1, -1):
+            prefix = ".".join(parts[:cut])
+            if prefix in mapped:
+                out[name] = root.joinpath(mapped[prefix], *parts[cut:])
+                break
+        else:
+            out[name] = root.joinpath(*parts)
+    return out
 
 
 def package_modules(root: Path) -> dict[str, Path]:

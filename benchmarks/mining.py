@@ -1,7 +1,7 @@
 """``matchmill mine`` on a rendered scene family with ground truth: counts, time per step,
 precision / recall, and how the candidate count grows with the number of images.
 
-The family (evaluation/benchmarks/mining.py): ``--scenes`` demo scenes (training seeds from 1000 on; the
+The family (matchmill/evaluation/benchmarks/mining.py): ``--scenes`` demo scenes (training seeds from 1000 on; the
 held-out seeds 0-2 are refused), ``--cameras`` views each, SfM models split in two camera groups.
 With ``--scope scene`` (default) candidates pair images of one scene that share no SfM point;
 with ``--scope all`` a candidate may also pair two different places, which verification must

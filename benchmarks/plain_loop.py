@@ -1,8 +1,8 @@
 """The loop a user writes instead of matchmill: OpenCV SIFT + NumPy mutual NN + pydegensac F, one process.
 
 No matchmill import: this is the baseline ``benchmarks/beat_the_loop.py`` compares matchmill with.
-Its parameters mirror matchmill's classical chain (``methods/sift.py``, ``methods/mutual_nn.py``,
-``geometry/robust.py``) so that both give the same matches, but the code is written from scratch:
+Its parameters mirror matchmill's classical chain (``matchmill/methods/sift.py``, ``matchmill/methods/mutual_nn.py``,
+``matchmill/geometry/robust.py``) so that both give the same matches, but the code is written from scratch:
 
 - read with cv2 (BGR -> RGB -> gray), downscale so the longer side is at most ``--resize-max``
   (INTER_AREA, keypoints mapped back to the original pixels with the pixel-centre convention);

@@ -20,8 +20,8 @@ Exit codes of ``run``: 0 done; 1 done, but a stage's failed rows exceed ``max_fa
 (stopped before any work; ``--overwrite`` replaces them); 3 stopped by a storage error that
 persisted over retries (disk full, read-only, access denied, I/O or connection errors): the
 stage in progress was not committed and no row was marked failed for it, so a rerun resumes.
-Also 2: the run is in use by another writer (its lease, manifests/lease.py), or the run's stage
-folders hold files it did not write (pipeline/stray.py); 130 / 143: stopped by Ctrl-C / SIGTERM,
+Also 2: the run is in use by another writer (its lease, matchmill/manifests/lease.py), or the run's stage
+folders hold files it did not write (matchmill/pipeline/stray.py); 130 / 143: stopped by Ctrl-C / SIGTERM,
 one line, nothing committed is lost (a rerun resumes). Every command prints a config, storage or
 manifest error as one line ``matchmill: error: ...`` and exits 2 (3 for storage that stayed
 unavailable).

@@ -12,8 +12,8 @@ it (it is the bottom of the import graph).
 - Checks: :func:`check_keys`, :func:`type_ok`, :func:`parse_bound` / :func:`check_bounds`,
   :func:`check_run_name`, :func:`check_storage_url`.
 - Shared job keys: :data:`SHARED_JOB_DEFAULTS` (storage, run_name, seed, ray, data), which the
-  pipeline's ``JOB_DEFAULTS`` (pipeline/config.py) and the training job's ``TRAIN_DEFAULTS``
-  (training/config.py) build on, and :func:`storage_root_url`.
+  pipeline's ``JOB_DEFAULTS`` (matchmill/pipeline/config.py) and the training job's ``TRAIN_DEFAULTS``
+  (matchmill/training/config.py) build on, and :func:`storage_root_url`.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def merge_conf(defaults: Mapping[str, Any], conf: Mapping[str, Any] | None, owne
 # ----------------------------------------------------------------------------- shared job keys
 
 #: Keys of a pipeline job and of a training job, each defined once here with its comment; the
-#: pipeline's ``JOB_DEFAULTS`` (pipeline/config.py) and the training job's ``TRAIN_DEFAULTS``
-#: (training/config.py) are built on these with :func:`deep_merge` (a job may change a default).
+#: pipeline's ``JOB_DEFAULTS`` (matchmill/pipeline/config.py) and the training job's ``TRAIN_DEFAULTS``
+#: (matchmill/training/config.py) are built on these with :func:`deep_merge` (a job may change a default).
 SHARED_JOB_DEFAULTS: dict[str, Any] = {
     "storage": "file://./runs",  # where runs live: a local folder or any fsspec URL (file://, s3://, gs://)
     "run_name": "demo",  # one folder under storage (check_run_name); the run URL is <storage>/<run_name>
@@ -264,7 +264,7 @@ def check_bounds(values: dict, bounds: dict[str, str], prefix: str) -> None:
     A key without a declared bound takes :data:`DEFAULT_BOUND` (``>= 0``); ``None`` (a key's "off"
     or "auto") and non-numbers are left to the type and value checks. A number must be finite.
     Bounds are declared next to the defaults they belong to: :data:`SHARED_JOB_BOUNDS`, the
-    pipeline's ``JOB_BOUNDS`` and ``EXECUTION_BOUNDS`` (pipeline/), each stage module's
+    pipeline's ``JOB_BOUNDS`` and ``EXECUTION_BOUNDS`` (matchmill/pipeline/), each stage module's
     ``STAGE_BOUNDS`` and each method class's ``conf_bounds`` beside its ``default_conf``."""
     for key, value in values.items():
         bound = bounds.get(key, DEFAULT_BOUND)
@@ -289,7 +289,7 @@ def check_run_name(name: Any, key: str = "run_name") -> None:
 
     Refused, each with the rule in the message: not a string, empty or blank, ``.`` or ``..``, a
     path separator (``/`` or ``\\``), leading or trailing whitespace, a control character, and a
-    leading ``.`` (hidden: listings skip such names, see ``manifests/storage.py``, and ``matchmill
+    leading ``.`` (hidden: listings skip such names, see ``matchmill/manifests/storage.py``, and ``matchmill
     gc`` removes ``.tmp-*``)."""
     if not isinstance(name, str):
         raise ConfigError(f"{key}: expected a folder name (a string), got {name!r}")

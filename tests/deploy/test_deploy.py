@@ -330,8 +330,8 @@ def test_dockerfile_pins_base_and_torch_and_installs_the_package():
     copied = re.findall(r"^COPY (?:--\S+ )*(\S+)", text, re.M)
     for src in copied:
         assert (REPO / src).exists(), f"COPY {src}: not in the repository"
-    for folder in pyproject["tool"]["setuptools"]["package-dir"].values():
-        top = folder.split("/")[0]
+    for package in pyproject["tool"]["setuptools"]["packages"]:
+        top = package.split(".")[0]
         assert f"{top}/" in copied, f"package folder {top}/ is not copied into the image"
     assert "deploy/" in copied and "configs/" in copied
 

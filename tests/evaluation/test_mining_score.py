@@ -1,4 +1,4 @@
-"""Scoring of mined pairs against ground truth (evaluation/benchmarks/mining.py), on a hand-made truth."""
+"""Scoring of mined pairs against ground truth (matchmill/evaluation/benchmarks/mining.py), on a hand-made truth."""
 
 from __future__ import annotations
 

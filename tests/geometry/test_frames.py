@@ -1,4 +1,4 @@
-"""Frame conversions (geometry/frames.py): the one definition of original <-> network pixels."""
+"""Frame conversions (matchmill/geometry/frames.py): the one definition of original <-> network pixels."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from tests.helpers.paths import DEMO_CONFIG
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
 
-#: (stage, registered method) of every learned method in methods/registry.py
+#: (stage, registered method) of every learned method in matchmill/methods/registry.py
 LEARNED = [("extract", "resnet34"), ("extract", "pump"), ("propose", "ncnet"), ("propose", "pump-pyramid"),
            ("refine", "patch2pix")]
 

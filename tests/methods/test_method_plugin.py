@@ -1,4 +1,4 @@
-"""A method added in one file, outside matchmill, runs through ``matchmill run`` (methods/registry.py).
+"""A method added in one file, outside matchmill, runs through ``matchmill run`` (matchmill/methods/registry.py).
 
 The toy proposer lives in ``tmp_path/toy_matcher.py`` only; the job names it
 ``propose.method=toy_matcher:ToyProposer`` and gives its own config key on the command line.

@@ -1,4 +1,4 @@
-"""The feature-pyramid backbones NCNet and Patch2Pix read (models/backbones.py), PUMP's in particular."""
+"""The feature-pyramid backbones NCNet and Patch2Pix read (matchmill/models/backbones.py), PUMP's in particular."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def demo_conf(storage: Path, demo_root: Path, *extra: str) -> dict:
 
 def assert_same_metrics(a: dict, b: dict) -> None:
     """Identical metrics: RANSAC is seeded per row and deterministic inside Ray workers too
-    (geometry/robust.py), so a rerun, a resume and a run with more actors agree exactly."""
+    (matchmill/geometry/robust.py), so a rerun, a resume and a run with more actors agree exactly."""
     assert a == b
 
 

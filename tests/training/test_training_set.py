@@ -1,4 +1,4 @@
-"""The training set the shipped weights are trained on (training/training_set.py): scenes, photos, manifests."""
+"""The training set the shipped weights are trained on (matchmill/training/training_set.py): scenes, photos, manifests."""
 
 from __future__ import annotations
 

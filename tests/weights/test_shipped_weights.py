@@ -1,4 +1,4 @@
-"""The weights that ship (weights/): present, small, loadable strictly, named by ``shipped:NAME``; a
+"""The weights that ship (matchmill/weights/): present, small, loadable strictly, named by ``shipped:NAME``; a
 learned method without weights says so in one line."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tests.helpers.paths import DEMO_CONFIG
 
 LEARNED_CONFIG = DEMO_CONFIG.parent / "demo-learned.yaml"
 
-MAX_TOTAL_BYTES = 30 * 2**20  # the issue's budget for everything under weights/
+MAX_TOTAL_BYTES = 30 * 2**20  # the issue's budget for everything under matchmill/weights/
 
 
 def _module_for(name: str) -> torch.nn.Module:

@@ -156,7 +156,7 @@ def test_sparse_demo_chain_exports_every_inlier_at_its_native_keypoints(demo_run
 @pytest.mark.parametrize("keypoints", ["native", "matches"])
 def test_hloc_export_reconstructs_through_pycolmap_as_hloc_would(demo_run, demo_root, tmp_path, keypoints):
     """hloc is not installable here (not on PyPI): its reconstruction.main steps through pycolmap
-    (pipeline/export/reconstruction.py) on the export as written, no manual step; with the native
+    (matchmill/pipeline/export/reconstruction.py) on the export as written, no manual step; with the native
     keypoints and with the 4 px quantised ones."""
     from matchmill.pipeline.export import export_hloc
     from matchmill.pipeline.export import reconstruct_hloc_export
