@@ -10,7 +10,7 @@ install:
 demo: install
 	$(PYTHON) -m matchmill run configs/demo.yaml
 	$(PYTHON) -m matchmill run configs/demo-learned.yaml
-	$(PYTHON) -m matchmill compare file://./runs/demo file://./runs/demo-learned
+	$(PYTHON) -m matchmill compare demo demo-learned
 
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider

@@ -80,15 +80,17 @@ def figures(run_url: str, images: Path, work: Path) -> list[dict]:
 
 
 def _inliers_of_unordered_pairs(run_url: str) -> int:
-    """verify's inliers of each unordered pair's first row in pair_id order (what export_colmap writes)."""
+    """verify's inliers of each unordered pair's first verified row in pair_id order (what
+    export_colmap writes as two-view geometry; a null flag, from a run before it, counts as verified)."""
     from matchmill.manifests.commit import read_stage
 
-    rows = read_stage(run_url, "verify", columns=["pair_id", "image0", "image1", "num_inliers", "status"]).to_pylist()
+    rows = read_stage(run_url, "verify", columns=["pair_id", "image0", "image1", "num_inliers", "status",
+                                                  "verified"]).to_pylist()
     seen: set[frozenset] = set()
     total = 0
     for r in sorted(rows, key=lambda r: r["pair_id"]):
         key = frozenset((r["image0"], r["image1"]))
-        if r["status"] == "failed" or key in seen:
+        if r["status"] == "failed" or r["verified"] is False or key in seen:
             continue
         seen.add(key)
         total += int(r["num_inliers"] or 0)

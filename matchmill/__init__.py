@@ -7,7 +7,7 @@ Python API (:mod:`matchmill.api`)::
     out = matchmill.match("a.jpg", "b.jpg", method="sift")   # keypoints, matches, scores, inliers (NumPy)
     run = matchmill.run("configs/demo.yaml", pairs__max_pairs_per_scene=10)
     run.read("verify"), run.metrics, run.status(), run.export("hloc", "out/")
-    run = matchmill.open_run("runs/demo")
+    run = matchmill.open_run("demo")
 
 Sub-packages (each a top-level folder of the repository): ``matchmill.config`` (config errors,
 merging, checks), ``matchmill.manifests`` (schemas, storage, commit), ``matchmill.geometry``,

@@ -32,9 +32,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from matchmill.config import ConfigError, parse_override, read_user_config, set_dotted
+from matchmill.config import ConfigError, parse_override, read_user_config, resolve_run_arg, set_dotted
 from matchmill.datasets.image_io import load_image
+from matchmill.manifests.columns import as_matches, matches_rows
+from matchmill.manifests.schemas import MANIFESTS
 from matchmill.manifests.commit import read_commit, read_stage, read_started
 from matchmill.manifests.storage import StorageError, exists
 from matchmill.methods.presets import PRESETS
@@ -184,9 +188,11 @@ def match(image0: str | os.PathLike | np.ndarray, image1: str | os.PathLike | np
 
         - ``keypoints0`` (N, 2), ``keypoints1`` (M, 2) float32: the extractor's keypoints in original
           pixels (only when the extractor has keypoints; dense methods have none);
-        - ``matches`` (K, 4) float32: x0 y0 x1 y1 in original pixels;
+        - ``matches`` (K, 4) float32: x0 y0 x1 y1 in original pixels, exact duplicates dropped
+          (``num_duplicates`` int of them, as the verify stage drops them);
         - ``scores`` (K,) float32;
         - ``inliers`` (K,) bool: RANSAC inliers of the verify model; ``num_inliers`` int;
+        - ``verified`` bool: a model with at least ``verify.min_inliers`` inliers (default 15);
         - ``model``: ``"fundamental"`` or ``"homography"`` (``verify.geometry``; ``auto`` fits F,
           a lone pair having no homography ground truth); ``F`` or ``H`` (3, 3) float64, the
           estimated model (absent when too few matches);
@@ -217,8 +223,8 @@ def match(image0: str | os.PathLike | np.ndarray, image1: str | os.PathLike | np
     for side, feats in (("0", feats0), ("1", feats1)):
         if "keypoints" in feats:
             out["keypoints" + side] = np.asarray(feats["keypoints"])
-    out.update(matches=matches, scores=scores, inliers=row["inliers"], num_inliers=row["num_inliers"],
-               model=row["model"])
+    out.update(matches=row["matches"], scores=row["scores"], inliers=row["inliers"], num_inliers=row["num_inliers"],
+               num_duplicates=row["num_duplicates"], verified=row["verified"], model=row["model"])
     if row["F_est"] is not None:
         out["F"] = np.asarray(row["F_est"], np.float64).reshape(3, 3)
     if row["H_est"] is not None:
@@ -237,11 +243,9 @@ def _as_stored(matches: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _run_url(url: str | os.PathLike) -> str:
-    """A run URL as the pipeline writes it: a local path becomes an absolute ``file://`` URL."""
-    url = os.fspath(url)
-    if "://" not in url:
-        return "file://" + str(Path(url).expanduser().resolve())
-    return url.rstrip("/")
+    """A run URL as the pipeline writes it: a local path becomes an absolute ``file://`` URL, a bare
+    run name the run under the default storage (:func:`matchmill.config.resolve_run_arg`)."""
+    return resolve_run_arg(url)
 
 
 class Run:
@@ -256,7 +260,7 @@ class Run:
         last_export: the summary of the last :meth:`export` (``images``, ``pairs``, ``matches``...).
 
     Example:
-        >>> run = matchmill.open_run("runs/demo")
+        >>> run = matchmill.open_run("demo")
         >>> run.status()["stages"]["verify"]["state"]
         'committed'
     """
@@ -288,8 +292,9 @@ class Run:
         """The committed manifest of ``stage`` (``pairs``, ``images``, ``extract``, ``propose``,
         ``refine``, ``verify``, ``metrics``, ``mine``) as a DataFrame, one row per key.
 
-        List columns hold NumPy arrays: ``matches`` one (K,) array of length-4 arrays per pair
-        (``np.stack`` gives (K, 4)), ``inliers`` (K,) bool, ``K0`` (9,)...
+        List columns hold NumPy arrays: ``matches`` one (K, 4) float32 array per pair (x0 y0 x1 y1;
+        None on a failed row), ``inliers`` (K,) bool, ``K0`` (9,)... (one pair's matches alone:
+        :meth:`matches`; a frame read by plain pandas: ``matchmill.manifests.as_matches(cell)``).
 
         Raises:
             KeyError: an unknown stage (the message lists the stages).
@@ -298,6 +303,52 @@ class Run:
         Example:
             >>> verify = run.read("verify")
             >>> verify[["pair_id", "num_matches", "num_inliers"]].head()
+            >>> verify.matches[0].shape                    # (num_matches, 4)
+        """
+        table = self._table(stage)
+        frame = table.to_pandas()
+        if "matches" in table.column_names:  # pandas' own form is an object array of 4-vectors per cell
+            cells = np.empty(table.num_rows, dtype=object)
+            for i, rows in enumerate(matches_rows(table.column("matches"))):
+                cells[i] = None if rows is None else rows.copy()  # writable, independent of the Arrow buffer
+            frame["matches"] = cells
+        return frame
+
+    def matches(self, pair_id: str, stage: str = "verify", inliers_only: bool = False) -> np.ndarray:
+        """One pair's matches from a stage's manifest.
+
+        Args:
+            pair_id: the pair's key (``"a.jpg|b.jpg"``, as ``matchmill show RUN verify`` lists them).
+            stage: a stage with a ``matches`` column: ``propose``, ``refine`` or ``verify`` (default).
+            inliers_only: only the RANSAC inliers (``verify``'s ``inliers`` flags).
+
+        Returns:
+            (N, 4) float32, x0 y0 x1 y1 in original pixels; (0, 4) for a failed row.
+
+        Raises:
+            KeyError: an unknown stage, or a pair the stage does not have. ValueError: the stage is
+            not committed, or has no ``matches`` (``inliers`` with ``inliers_only``) column.
+
+        Example:
+            >>> run.matches("a.jpg|b.jpg", inliers_only=True).shape   # (num_inliers, 4)
+        """
+        columns = ["pair_id", "matches"] + (["inliers"] if inliers_only else [])
+        table = self._table(stage, columns)
+        hit = table.filter(pc.equal(table.column("pair_id"), pair_id))
+        if hit.num_rows == 0:
+            raise KeyError(f"pair {pair_id!r} is not in stage {stage} of {self.url} ({table.num_rows} pairs)")
+        matches = as_matches(matches_rows(hit.column("matches"))[0], np.float32)
+        if inliers_only:
+            flags = hit.column("inliers")[0].as_py() or []
+            matches = matches[np.asarray(flags, bool)] if len(flags) == len(matches) else matches[:0]
+        return matches
+
+    def _table(self, stage: str, columns: list[str] | None = None) -> pa.Table:
+        """A committed stage's manifest (only ``columns`` when given).
+
+        Raises:
+            KeyError: an unknown stage (the message lists the stages).
+            ValueError: the stage is not committed, or lacks one of ``columns``.
         """
         names = [s.name for s in ALL_STAGES]
         if stage not in names:
@@ -307,7 +358,12 @@ class Run:
             state = "partial" if read_started(self.url, stage) is not None else "missing"
             raise ValueError(f"{self.url}: stage {stage} is not committed ({state}); run it (matchmill.run) "
                              "or see run.status()")
-        return read_stage(self.url, spec.name, spec.manifest).to_pandas()
+        schema = MANIFESTS[spec.manifest][0]
+        lacking = [c for c in columns or [] if c not in schema.names]
+        if lacking:
+            raise ValueError(f"stage {stage} has no {', '.join(lacking)} column (matches are in propose, refine, "
+                             "verify)")
+        return read_stage(self.url, spec.name, spec.manifest, columns=columns)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -356,13 +412,14 @@ def open_run(url: str | os.PathLike) -> Run:
     """An existing run (what ``matchmill status URL`` reads).
 
     Args:
-        url: the run's URL or local folder (``runs/demo``, ``file:///abs/runs/demo``, ``s3://b/runs/demo``).
+        url: the run's URL, local folder or bare name (``demo``: the run under the default storage;
+            ``file:///abs/runs/demo``, ``s3://b/runs/demo``).
 
     Raises:
         StorageError: nothing exists at ``url``.
 
     Example:
-        >>> run = matchmill.open_run("runs/demo")
+        >>> run = matchmill.open_run("demo")
         >>> run.read("verify").num_inliers.mean()
     """
     url = _run_url(url)

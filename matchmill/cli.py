@@ -7,6 +7,7 @@ also sets ``interruptible=True`` (Ctrl-C / SIGTERM: one line and exit 130 / 143,
 ==========================================================  ===========================================
 ``run``, ``mine``, ``show``, ``gc``, ``export``,             matchmill/pipeline/commands.py
 ``compare``, ``demo-data``
+``match FOLDER`` (the folder recipe)                        matchmill/pipeline/match_command.py
 ``status`` (a pipeline run or a training run)               here (matchmill/status.py reads both)
 ``viz pyramid | matches``                                   matchmill/viz/viz_command.py
 ``report``                                                  matchmill/evaluation/report_command.py
@@ -24,31 +25,40 @@ Also 2: the run is in use by another writer (its lease, matchmill/manifests/leas
 folders hold files it did not write (matchmill/pipeline/stray.py); 130 / 143: stopped by Ctrl-C / SIGTERM,
 one line, nothing committed is lost (a rerun resumes). Every command prints a config, storage or
 manifest error as one line ``matchmill: error: ...`` and exits 2 (3 for storage that stayed
-unavailable).
+unavailable). Every command whose output pipe is closed early (``matchmill status RUN | head -3``)
+stops quietly with exit 141 (128 + SIGPIPE, as ``cat`` or ``grep`` would; :func:`main`).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
+import select
 import signal
 import sys
 
-from matchmill.config import ConfigError, check_unique_overrides
+from matchmill.config import ConfigError, check_unique_overrides, resolve_run_arg
 from matchmill.evaluation import bench_command, report_command
 from matchmill.manifests.storage import ManifestError, StorageError, StorageUnavailable
 from matchmill.pipeline import commands as pipeline_commands
+from matchmill.pipeline import match_command
 from matchmill.pipeline.runtime import ResourceError
+from matchmill.pipeline.verbosity import add_verbose_argument, configure_logging, verbosity
 from matchmill.training import train_command
+from matchmill.version import __version__
 from matchmill.viz import viz_command
 
 #: The modules that add subcommands, in the order ``matchmill --help`` lists them.
-COMMAND_MODULES = (pipeline_commands, viz_command, report_command, bench_command, train_command)
+COMMAND_MODULES = (pipeline_commands, match_command, viz_command, report_command, bench_command, train_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="matchmill", description="Batch image matching on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(
+        prog="matchmill", description="Batch image matching on Ray: image pairs in, verified correspondences out, "
+                                      "every stage a resumable Parquet manifest. Start with: make demo, or "
+                                      "matchmill run configs/demo.yaml; COMMAND --help describes each command.")
+    parser.add_argument("--version", action="version", version=f"matchmill {__version__}")
+    add_verbose_argument(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -59,9 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def register_status(sub: argparse._SubParsersAction) -> None:
     """``matchmill status RUN``: reads a pipeline run or a training run, so it lives above both."""
-    status = sub.add_parser("status", help="stages of a run (committed or not, rows, failures, metrics) "
-                                           "or a training run (step, validation, checkpoints)")
-    status.add_argument("run_url")
+    status = sub.add_parser(
+        "status", help="stages of a run (committed or not, rows, failures, metrics) "
+                       "or a training run (step, validation, checkpoints)",
+        description="Print the state of a run: for a pipeline run (matchmill run / mine) its stages, committed "
+                    "or not, rows, failed rows and metrics; for a training run (matchmill train) its step, "
+                    "validation and checkpoints. Example: matchmill status demo (a run name under the default "
+                    "storage, or any run's URL)")
+    status.add_argument("run_url", metavar="RUN", help="a run name or a run's URL (pipeline or training run)")
     status.set_defaults(func=cmd_status)
 
 
@@ -73,13 +88,61 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``matchmill`` entry point: :func:`run_command`, quiet when its reader closes the pipe
+    early (``matchmill status RUN | head -3``): no traceback, the rest of the output dropped, exit
+    :data:`CLOSED_PIPE`, as a shell reports ``cat`` or ``grep`` stopped by SIGPIPE there. A
+    BrokenPipeError that did not come from stdout / stderr being closed is raised as it is."""
+    try:
+        try:
+            return run_command(argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit: what is still buffered meets the closed pipe in the try
+    except BrokenPipeError:
+        closed = closed_outputs()
+        if not closed:
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in closed:  # later writes and the flush at exit go nowhere instead of raising again
+            os.dup2(devnull, fd)
+        return CLOSED_PIPE
+
+
+#: Exit code when stdout (or stderr) was closed by its reader: 128 + SIGPIPE, what a shell reports for
+#: a command that SIGPIPE stopped (``set -o pipefail`` sees it; a plain ``| head`` does not).
+CLOSED_PIPE = 141
+
+
+def closed_outputs() -> list[int]:
+    """The file descriptors of stdout and stderr that are a pipe or socket whose reader has gone
+    (poll reports POLLERR / POLLHUP); where ``select.poll`` is missing, both (the error is trusted)."""
+    fds = []
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fds.append(stream.fileno())
+        except (AttributeError, OSError, ValueError):  # replaced by a test's capture, or closed
+            continue
+    if not hasattr(select, "poll"):
+        return fds
+    closed = []
+    for fd in fds:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+            closed.append(fd)
+    return closed
+
+
+def run_command(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; its exit code (see the module docstring)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides written after an option (``--until extract a.b=1``) land here
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    resolve_run_args(args)
+    args.verbose = verbosity(args)  # -v before and after the subcommand add up (matchmill/pipeline/verbosity.py)
+    configure_logging(args.verbose)
     interruptible = bool(getattr(args, "interruptible", False))
     if interruptible:
         catch_interrupts()
@@ -103,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(INTERRUPTED, file=sys.stderr)
         return 143
+
+
+def resolve_run_args(args: argparse.Namespace) -> None:
+    """Every command's run argument (``run_url``, ``run_urls``) as a URL: a bare run name is the run
+    under the default storage (:func:`matchmill.config.resolve_run_arg`, the one rule)."""
+    if isinstance(getattr(args, "run_url", None), str):
+        args.run_url = resolve_run_arg(args.run_url)
+    if isinstance(getattr(args, "run_urls", None), list):
+        args.run_urls = [resolve_run_arg(url) for url in args.run_urls]
 
 
 def storage_stop_message(exc: StorageUnavailable) -> str:

@@ -13,13 +13,16 @@ it (it is the bottom of the import graph).
   :func:`check_run_name`, :func:`check_storage_url`.
 - Shared job keys: :data:`SHARED_JOB_DEFAULTS` (storage, run_name, seed, ray, data), which the
   pipeline's ``JOB_DEFAULTS`` (matchmill/pipeline/config.py) and the training job's ``TRAIN_DEFAULTS``
-  (matchmill/training/config.py) build on, and :func:`storage_root_url`.
+  (matchmill/training/config.py) build on.
+- Where runs live, one rule (docs/storage.md): :func:`default_storage`, :func:`storage_root_url`
+  (the ``storage`` key as an absolute URL), :func:`resolve_run_arg` (a run named on the command line).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,7 +62,7 @@ def merge_conf(defaults: Mapping[str, Any], conf: Mapping[str, Any] | None, owne
 #: pipeline's ``JOB_DEFAULTS`` (matchmill/pipeline/config.py) and the training job's ``TRAIN_DEFAULTS``
 #: (matchmill/training/config.py) are built on these with :func:`deep_merge` (a job may change a default).
 SHARED_JOB_DEFAULTS: dict[str, Any] = {
-    "storage": "file://./runs",  # where runs live: a local folder or any fsspec URL (file://, s3://, gs://)
+    "storage": None,  # where runs live: None = default_storage() ($MATCHMILL_RUNS, else ~/.local/share/matchmill/runs); a local folder or any fsspec URL (file://, s3://, gs://); relative: see storage_root_url
     "run_name": "demo",  # one folder under storage (check_run_name); the run URL is <storage>/<run_name>
     "seed": 0,  # seeds everything random: pair sampling and the demo scene; a net's init and every training sample (per step and sample index, not per worker)
     "ray": {
@@ -172,6 +175,8 @@ def read_user_config(path: str | Path | None, overrides: list[str] = ()) -> dict
             raise ConfigError(f"config file {str(path)!r} is empty: write the job's keys (see configs/demo.yaml)")
         if not isinstance(user, dict):
             raise ConfigError(f"config file {str(path)!r}: top level must be a mapping")
+        if _relative_local(user.get("storage")):  # written in the file: relative to the file's folder
+            user["storage"] = storage_root_url(user["storage"], base=path.resolve().parent)
     for text in overrides:  # in order: a program may layer its own keys (the last one wins)
         keys, value = parse_override(text)
         set_dotted(user, keys, value)
@@ -326,15 +331,17 @@ def _fsspec_protocols() -> set[str]:
 
 def check_storage_url(storage: Any, key: str = "storage") -> None:
     """``storage`` must be a local folder or a URL fsspec can open, written so that it cannot turn
-    into a local folder named after a typo.
+    into a local folder named after a typo (None: the default storage, :func:`default_storage`).
 
     - ``PROTOCOL://...`` with a protocol fsspec knows (``file``, ``s3``, ``gs``, ..., chained
       ``simplecache::s3://`` too); an unknown one (``s4://``) is refused;
     - an object-store URL names a bucket: ``s3://`` and ``s3:///runs`` have none;
     - a known protocol followed by ``:`` but not ``://`` (``s3:/bucket``, ``file:relative``) is
       refused with the URL it probably meant (it would otherwise be a local folder ``s3:``);
-    - anything else is a local path: relative to the working directory, ``~`` is the home folder
-      (``~/runs`` and ``file://~/runs``; :func:`storage_root_url` expands it)."""
+    - anything else is a local path, ``~`` the home folder (``~/runs`` and ``file://~/runs``); where a
+      relative one lives (the job file's folder, or the working directory): :func:`storage_root_url`."""
+    if storage is None:
+        return
     if not isinstance(storage, str) or not storage.strip():
         raise ConfigError(f"{key}: expected a folder or URL (e.g. file://./runs, s3://BUCKET/runs), got {storage!r}")
     if storage != storage.strip() or any(ord(c) < 32 for c in storage):
@@ -359,12 +366,104 @@ def check_storage_url(storage: Any, key: str = "storage") -> None:
                           f"'{scheme}:'; did you mean {meant}?")
 
 
-def storage_root_url(storage: str) -> str:
-    """The ``storage`` key as an absolute URL without a trailing ``/``: a local folder (relative
-    to the working directory, ``~`` the home folder) becomes ``file:///abs/path``, as do
-    ``file://./x`` and ``file://~/x``; any other URL is kept."""
+#: The environment variable naming the default storage folder (the test suite points it at a temp folder).
+RUNS_ENV = "MATCHMILL_RUNS"
+
+
+def default_storage() -> str:
+    """Where runs live when a job gives no ``storage``: ``$MATCHMILL_RUNS`` if set, else
+    ``${XDG_DATA_HOME:-~/.local/share}/matchmill/runs``, as an absolute URL (a local folder becomes
+    ``file:///abs/path``; a relative ``$MATCHMILL_RUNS`` is taken from the working directory)."""
+    given = os.environ.get(RUNS_ENV, "").strip()
+    if given:
+        return storage_root_url(given)
+    data_home = os.environ.get("XDG_DATA_HOME", "").strip()
+    base = Path(data_home) if data_home and Path(data_home).is_absolute() else Path.home() / ".local" / "share"
+    return storage_root_url(str(base / "matchmill" / "runs"))
+
+
+def _relative_local(storage: Any) -> bool:
+    """Whether ``storage`` is a valid local folder written relative (``runs``, ``./runs``,
+    ``file://./runs``): not a URL of another protocol, not absolute, not under ``~``."""
+    if not isinstance(storage, str):
+        return False
+    try:
+        check_storage_url(storage)
+    except ConfigError:
+        return False  # the job's validation names it
+    path = storage[len("file://"):] if storage.startswith("file://") else storage
+    return "://" not in path and not path.startswith("~") and not Path(path).is_absolute()
+
+
+def storage_root_url(storage: str | None, base: str | os.PathLike | None = None) -> str:
+    """The ``storage`` key as an absolute URL without a trailing ``/``. The one rule (docs/storage.md):
+
+    - None: :func:`default_storage`;
+    - a relative local folder (``runs``, ``./runs``, ``file://./runs``): against ``base`` when given,
+      else the working directory. A job file's own ``storage`` is resolved against the file's folder
+      when the file is read (:func:`read_user_config`); one given on the command line (``storage=./x``,
+      ``matchmill match --out ./x``) against the working directory;
+    - ``~`` is the home folder (``~/runs``, ``file://~/runs``);
+    - a local folder becomes ``file:///abs/path``; any other URL is kept."""
+    if storage is None:
+        return default_storage()
+    root = Path(base) if base is not None else Path.cwd()
     if "://" not in storage:
-        storage = "file://" + str(Path(storage).expanduser().resolve())
+        storage = "file://" + str((root / Path(storage).expanduser()).resolve())
     elif storage.startswith("file://") and not storage.startswith("file:///"):
-        storage = "file://" + str(Path(storage[len("file://"):]).expanduser().resolve())
+        storage = "file://" + str((root / Path(storage[len("file://"):]).expanduser()).resolve())
     return storage.rstrip("/")
+
+
+#: Files that mark a local folder as a run (config.py imports nothing of matchmill, so the names are
+#: repeated here: a stage's commit / start marker and the lease of matchmill/manifests, a training
+#: run's ``train.json``).
+_RUN_MARKERS = ("_lease.json", "train.json", "*/_COMMITTED.json", "*/_STARTED.json")
+
+
+def _looks_like_run(path: Path) -> bool:
+    return path.is_dir() and any(next(path.glob(pattern), None) is not None for pattern in _RUN_MARKERS)
+
+
+def default_run_path(text: str) -> str | None:
+    """``<default storage>/<text>`` when ``text`` is a relative path whose first folder is a run under
+    the default storage (a local one): a bare run name (``demo``) or a path inside a run
+    (``demo/pairs``, ``ncnet-demo/best/model.safetensors``); else None."""
+    if "://" in text or text.startswith(("~", "/", "\\")):
+        return None
+    first = text.replace("\\", "/").split("/", 1)[0]
+    try:
+        check_run_name(first)
+    except ConfigError:
+        return None
+    root = default_storage()
+    if not root.startswith("file://") or not (Path(root[len("file://"):]) / first).is_dir():
+        return None
+    return f"{root}/{text.rstrip('/')}"
+
+
+def resolve_run_arg(text: str | os.PathLike) -> str:
+    """A run named on the command line (``status``, ``show``, ``export``, ``compare``, ``gc``, ``viz``,
+    ``matchmill.open_run``) as a URL:
+
+    - a URL is kept (``file://./x`` made absolute against the working directory);
+    - a bare run name (one folder name, :func:`check_run_name`) is the run of that name under the
+      default storage (:func:`default_storage`), unless a local folder of that name in the working
+      directory is itself a run, or the default storage has no such run and the local path exists
+      (so ``matchmill match photos`` then ``matchmill status photos`` finds the run, not ``./photos``);
+    - a relative path that does not exist here but starts with a run under the default storage
+      (``demo/verify``) is that path inside the run (:func:`default_run_path`);
+    - any other local path becomes its absolute ``file://`` URL (its reader says when it is missing)."""
+    text = os.fspath(text)
+    if "://" in text:
+        return storage_root_url(text) if text.startswith("file://") else text.rstrip("/")
+    local = Path(text).expanduser()
+    try:
+        check_run_name(text)
+    except ConfigError:
+        if not text.strip():
+            return text
+        return (not local.exists() and default_run_path(text)) or storage_root_url(text)
+    if _looks_like_run(local):
+        return storage_root_url(text)
+    return default_run_path(text) or (storage_root_url(text) if local.exists() else f"{default_storage()}/{text}")

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 # OpenMP threads spin-wait by default; on a 2-core machine shared with Ray workers that costs
 # several times the compute (measured: a training step 4.5 s -> 1.2 s). Must precede torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The default storage (matchmill.config.default_storage) of every run a test makes without a storage
+# of its own, subprocesses included: a temp folder for the whole session, never the user's
+# ~/.local/share/matchmill/runs nor a $MATCHMILL_RUNS set outside the tests.
+_DEFAULT_RUNS = tempfile.mkdtemp(prefix="matchmill-test-runs-")
+os.environ["MATCHMILL_RUNS"] = _DEFAULT_RUNS
+atexit.register(shutil.rmtree, _DEFAULT_RUNS, ignore_errors=True)
 
 import pytest
 

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from matchmill.config import ConfigError
 from matchmill.manifests.schemas import normalize_image_id
 from matchmill.manifests.storage import full_url, is_local, url_to_fs
 
 from .colmap_scene import has_colmap_model, read_colmap_scene
+from .image_io import DEFAULT_MAX_PIXELS, ImageError, load_image
 from .megadepth import crop_to_aspect
 
 #: Image file name endings (lower case): those the folder source lists, and, in this order, those
@@ -82,6 +84,48 @@ def folder_images(root: str | os.PathLike) -> list[SourceImage]:
         out.append(SourceImage(rel, scene, url, error=_id_error(rel, url)))
     out.sort(key=lambda im: im.image_id)
     return out
+
+
+def check_folder_images(root: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, needed: int = 2) -> int:
+    """Refuse, before anything is written, a folder with fewer than ``needed`` usable images: no file
+    with an image ending (:data:`IMAGE_EXTENSIONS`, any case, subfolders included), or image files of
+    which fewer than ``needed`` decode. Files are decoded in id order only until ``needed`` of them
+    have (one or two reads for a good folder); the others are left to the images stage.
+
+    Returns:
+        the number of image files listed.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ConfigError: one line naming the folder and the endings looked for (and, for files that
+            exist but do not decode, how many and the first reason).
+    """
+    images = folder_images(root)
+    where = f"data.root {os.fspath(root)!r}"
+    endings = ", ".join(IMAGE_EXTENSIONS)
+    if not images:
+        fs, base = url_to_fs(os.fspath(root))
+        others = sum(1 for path in fs.find(base)
+                     if not any(part.startswith(".") for part in path[len(base.rstrip("/")):].split("/")))
+        raise ConfigError(f"{where}: no image file to match (data.source=folder looks for {endings}, any case, "
+                          f"subfolders included; found {others} other file(s))")
+    readable, first_error = [], None
+    for im in images:
+        if im.error is None:
+            try:
+                load_image(im.path, max_pixels)
+            except ImageError as exc:
+                first_error = first_error or str(exc)
+                continue
+            readable.append(im.image_id)
+            if len(readable) >= needed:
+                return len(images)
+        else:
+            first_error = first_error or im.error
+    found = f"{len(readable)} readable ({', '.join(readable)})" if readable else "none readable"
+    problem = f"; first problem: {first_error}" if first_error else ""
+    raise ConfigError(f"{where}: {len(images)} image file(s), {found}; matching needs at least {needed} "
+                      f"(looked for {endings}{problem})")
 
 
 def _id_error(image_id: str, path: str) -> str | None:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: Pairs-section keys of the strategies (the MegaDepth recipe's keys sit beside them).
 STRATEGY_DEFAULTS: dict[str, Any] = {
-    "strategy": "covisibility",  # covisibility (SfM overlap, MegaDepth recipe) | retrieval | exhaustive | sequential
+    "strategy": "covisibility",  # covisibility (SfM overlap, MegaDepth recipe) | retrieval | exhaustive | sequential | auto (choose_strategy: exhaustive up to exhaustive_max images, else retrieval)
     "scope": "scene",  # retrieval / exhaustive / sequential: pair images of one scene only | "all" images together
     "per_image": 5,  # retrieval: most similar allowed partners kept per image (candidates <= N * per_image)
     "min_similarity": None,  # retrieval: drop partners whose cosine similarity is below this; None = no floor
@@ -37,6 +37,7 @@ STRATEGY_DEFAULTS: dict[str, Any] = {
     "whiten": None,  # retrieval: PCA-whiten the collection's descriptors to this many dims (None = off; hurt on demo scenes)
     "window": 5,  # sequential: pair each image with the next `window` images (ids sorted)
     "loop_every": None,  # sequential: also pair every n-th image with every other n-th one (loop closure); None = off
+    "exhaustive_max": 60,  # auto: exhaustive when the images number at most this (1770 pairs), else retrieval (N * per_image)
     "global": None,  # retrieval: overrides of the global descriptor's conf (matchmill/models/global_descriptor.py)
 }
 #: Bounds of the strategy keys' numbers (notation: matchmill/config.py ``parse_bound``; undeclared: >= 0).
@@ -47,8 +48,9 @@ STRATEGY_BOUNDS: dict[str, str] = {
     "whiten": ">= 1",
     "window": ">= 1",
     "loop_every": ">= 1",
+    "exhaustive_max": ">= 2",  # a pair needs two images
 }
-STRATEGIES = ("covisibility", "retrieval", "exhaustive", "sequential")
+STRATEGIES = ("covisibility", "retrieval", "exhaustive", "sequential", "auto")
 #: Rows of the similarity matrix computed at a time (memory: block * N floats).
 BLOCK_ROWS = 1024
 
@@ -70,6 +72,15 @@ def check_strategy_conf(conf: dict) -> None:
         raise ValueError(f"pairs.whiten: must be >= 1 or null, got {conf['whiten']}")
     if conf["global"] is not None and not isinstance(conf["global"], dict):
         raise ValueError(f"pairs.global: expected a mapping of overrides or null, got {conf['global']!r}")
+
+
+def choose_strategy(num_images: int, conf: dict) -> str:
+    """The strategy ``pairs.strategy: auto`` stands for with ``num_images`` images: ``exhaustive``
+    (every pair, N (N - 1) / 2) up to ``conf["exhaustive_max"]`` images, else ``retrieval`` (top
+    ``per_image`` partners each, at most N * per_image pairs). Any other strategy is kept."""
+    if conf["strategy"] != "auto":
+        return conf["strategy"]
+    return "exhaustive" if num_images <= int(conf["exhaustive_max"]) else "retrieval"
 
 
 # --------------------------------------------------------------------------------------------

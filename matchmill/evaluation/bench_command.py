@@ -50,10 +50,17 @@ def _common_options(parser: argparse.ArgumentParser, resize_help: str) -> None:
 
 def register(subparsers: Any) -> None:
     """Add ``bench`` with its ``hpatches``, ``pose``, ``megadepth1500`` and ``card`` subcommands."""
-    bench = subparsers.add_parser("bench", help="run a benchmark (HPatches, pose pairs, MegaDepth-1500)")
+    bench = subparsers.add_parser(
+        "bench", help="run a benchmark (HPatches, pose pairs, MegaDepth-1500) or the model card",
+        description="Run method presets and the SIFT baseline through the same pipeline on a benchmark, write "
+                    "OUT/summary.json and append to a history table; card: every preset on every reference dataset. "
+                    "Example: matchmill bench hpatches ROOT --out OUT --methods pump-ncnet-patch2pix")
     sub = bench.add_subparsers(dest="benchmark", required=True)
 
-    hp = sub.add_parser("hpatches", help="HPatches homography accuracy and MMA")
+    hp = sub.add_parser("hpatches", help="HPatches homography accuracy and MMA",
+                        description="Homography accuracy and MMA of each method on HPatches sequences (image 1 "
+                                    "against 2..6). Example: matchmill bench hpatches /data/hpatches --out "
+                                    "bench/hpatches --methods pump-sift-mnn")
     hp.add_argument("root", help="folder of HPatches sequence folders (<seq>/1.ppm .. 6.ppm, H_1_k)")
     hp.add_argument("--all-sequences", action="store_true",
                     help="keep the 8 sequences the D2-Net protocol drops (default: 108-sequence subset)")
@@ -64,13 +71,19 @@ def register(subparsers: Any) -> None:
     _common_options(hp, "long image side fed to the extractors (default: extract.resize_max of the config, 640)")
     hp.set_defaults(func=cmd_hpatches)
 
-    pose = sub.add_parser("pose", help="relative pose AUC on a SuperGlue pairs-with-GT file")
+    pose = sub.add_parser("pose", help="relative pose AUC on a SuperGlue pairs-with-GT file",
+                          description="Relative pose AUC@5/10/20 of each method on the pairs of a SuperGlue-format "
+                                      "pairs file with ground truth. Example: matchmill bench pose pairs.txt "
+                                      "--images /data/scannet --out bench/scannet")
     pose.add_argument("pairs_file", help="pairs file: name0 name1 rot0 rot1 K0(9) K1(9) T_0to1(16)")
     pose.add_argument("--images", required=True, help="folder the image names are relative to")
     _common_options(pose, "long image side fed to the extractors (default: extract.resize_max of the config, 640)")
     pose.set_defaults(func=cmd_pose)
 
-    md = sub.add_parser("megadepth1500", help="MegaDepth-1500 relative pose (LoFTR scene info)")
+    md = sub.add_parser("megadepth1500", help="MegaDepth-1500 relative pose (LoFTR scene info)",
+                        description="Relative pose AUC of each method on MegaDepth-1500, read from LoFTR's scene-info "
+                                    "files. Example: matchmill bench megadepth1500 /data/megadepth --scene-info "
+                                    "/data/megadepth_test_1500_scene_info --out bench/md1500")
     md.add_argument("root", help="MegaDepth root the scene-info image paths are relative to")
     md.add_argument("--scene-info", required=True, help="folder of scene-info JSON files (or one file)")
     _common_options(md, f"long image side fed to the extractors (default: {DEFAULT_RESIZE}, LoFTR)")

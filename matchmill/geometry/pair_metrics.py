@@ -19,9 +19,13 @@ an unknown key is an error (:func:`matchmill.config.merge_conf`).
 
 ``aggregate_metrics`` turns VERIFIED rows into benchmark numbers. AUCs, accuracies and MMA are
 fractions in [0, 1]. Rows with ``status == "failed"`` stay in every denominator: they count as
-pose error inf, corner error inf, MMA 0, and with their own match counts (0 when unknown). A
-failed row that carries no GT at all (e.g. its pairs line did not parse) counts as a failure in
-every metric family present in the run.
+pose error inf, corner error inf, MMA 0. A failed row that carries no GT at all (e.g. its pairs
+line did not parse) counts as a failure in every metric family present in the run. An ``ok`` row
+that is not ``verified`` (fewer than ``verify.min_inliers`` inliers, or no model) counts as a
+failed estimation does: pose and corner errors inf (whatever the row's own errors say), MMA as
+measured (MMA scores the matches before RANSAC, not the model). Mean matches and inliers are over
+the verified pairs. A row without the ``verified`` column (or null there: runs made before the
+flag) is verified when it is ``ok``.
 
 All frames: pixels of the original images (see manifests.schemas), OpenCV convention.
 """
@@ -295,9 +299,18 @@ def evaluate_pair(
 # ----------------------------------------------------------------------------- aggregation
 
 
-def _error_or_inf(row: Mapping[str, Any], key: str) -> float:
-    """A per-pair error; failed rows, null and nan count as inf."""
+def is_verified_row(row: Mapping[str, Any]) -> bool:
+    """The row's ``verified`` flag; ``ok`` rows without one (older runs) count as verified,
+    failed rows never."""
     if row.get("status") == "failed":
+        return False
+    flag = _get(row, "verified")
+    return True if flag is None else bool(flag)
+
+
+def _error_or_inf(row: Mapping[str, Any], key: str) -> float:
+    """A per-pair error; failed and unverified rows, null and nan count as inf."""
+    if not is_verified_row(row):
         return _INF
     value = _get(row, key)
     if value is None or math.isnan(float(value)):
@@ -387,13 +400,16 @@ def _aggregate(
     conf = _merge_conf(DEFAULT_AGGREGATE_CONF, conf, "aggregate metrics")
     rows = list(rows)
     n = len(rows)
+    verified = [r for r in rows if is_verified_row(r)]
     out: dict[str, tuple[float, int]] = {
         "num_pairs": (float(n), n),
         "num_failed": (float(sum(r.get("status") == "failed" for r in rows)), n),
+        "num_verified": (len(verified), n),
     }
-    if n:
-        out["mean_matches"] = (float(np.mean([_num_matches(r) for r in rows])), n)
-        out["mean_inliers"] = (float(np.mean([_num_inliers(r) for r in rows])), n)
+    if n:  # over the verified pairs; 0 when none is
+        nv = len(verified)
+        out["mean_matches"] = (float(np.mean([_num_matches(r) for r in verified])) if nv else 0.0, nv)
+        out["mean_inliers"] = (float(np.mean([_num_inliers(r) for r in verified])) if nv else 0.0, nv)
     pose_rows, homog_rows = _families(rows)
     if pose_rows:
         out.update(_pose_aggregate(pose_rows, conf["pose_thresholds"]))
@@ -408,14 +424,17 @@ def aggregate_metrics(
     """Benchmark numbers from VERIFIED rows (dicts, e.g. ``table.to_pylist()``).
 
     Args:
-        rows: VERIFIED rows; the columns read are status, num_matches (or matches),
+        rows: VERIFIED rows; the columns read are status, verified, num_matches (or matches),
             num_inliers (or inliers), pose_error, pose_error_fdegensac, corner_error, mma,
             T_0to1, H_0to1 (and K0/K1 only through evaluate_pair, not here).
         conf: overrides of DEFAULT_AGGREGATE_CONF (an unknown key raises ConfigError; None = default).
 
     Returns:
-        ``num_pairs``, ``num_failed``, and ``mean_matches``, ``mean_inliers`` when there is a
-        row; ``auc@t`` and ``auc_fdegensac@t`` (t in pose_thresholds) when some row has pose GT
+        ``num_pairs``, ``num_failed``, ``num_verified`` (an int: ok rows whose flag is set, see
+        the module docstring), and ``mean_matches``, ``mean_inliers`` -- means over the verified
+        pairs, 0.0 when none is -- when there is a row; unverified pairs count as failed
+        estimations (pose and corner error inf) in the figures below; ``auc@t`` and
+        ``auc_fdegensac@t`` (t in pose_thresholds) when some row has pose GT
         (T_0to1) or a pose error; ``homography_acc@t``, ``homography_auc@t`` (t in
         homography_thresholds) and ``mma@1..@10`` when some row has H GT or a corner error.
         MMA is the mean over those pairs of the per-pair MMA (0-match and failed pairs count

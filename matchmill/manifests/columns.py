@@ -110,8 +110,25 @@ def matches_rows(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray | None]:
     return list_rows(column, width=4)
 
 
-def as_matches(value) -> np.ndarray:
-    """One row's matches in any stored form (nested lists, flat N*4 list, array, None) -> (N, 4) float64."""
+def as_matches(value, dtype: np.dtype | type = np.float64) -> np.ndarray:
+    """One row's matches in any form they are read back in -> an (N, 4) array (x0, y0, x1, y1).
+
+    Takes the cell of a ``matches`` column as pandas gives it (``pd.read_parquet`` /
+    ``Table.to_pandas()``: an object array of N length-4 arrays), nested lists (``to_pylist()``),
+    a flat N*4 list, an (N, 4) array, or None (a failed row: (0, 4)).
+
+    Example:
+        >>> df = pd.read_parquet("runs/demo/verify")
+        >>> as_matches(df.matches[0]).shape          # (N, 4)
+
+    Raises:
+        ValueError: a 2-D value whose rows are not 4 wide, or a count of values not a multiple of 4.
+    """
     if value is None:
-        return np.zeros((0, 4), np.float64)
-    return np.asarray(value, np.float64).reshape(-1, 4)
+        return np.zeros((0, 4), dtype)
+    if isinstance(value, np.ndarray) and value.dtype == object:  # pandas' cell: one array per match
+        value = list(value)
+    arr = np.asarray(value, dtype)
+    if (arr.ndim == 2 and arr.shape[1] != 4) or arr.ndim > 2 or arr.size % 4:
+        raise ValueError(f"matches: expected (N, 4) values (x0, y0, x1, y1), got shape {arr.shape}")
+    return arr.reshape(-1, 4)

@@ -289,6 +289,7 @@ def acquire_lease(run_url: str, command: str | None = None, stale_s: float | Non
               "started_at": now, "heartbeat_at": now,
               "command": command if command is not None else " ".join(["matchmill", *sys.argv[1:]])}
     fs, _ = url_to_fs(url)
+    lease: Lease | None = None
     try:
         for _attempt in range(5):
             held = read_lease(run_url)
@@ -313,17 +314,24 @@ def acquire_lease(run_url: str, command: str | None = None, stale_s: float | Non
             break
         else:
             raise LeaseError(f"run {run_url}: could not take the lease {url} (other writers keep replacing it)")
+        lease = Lease(run_url, record, stale_s)
+        with _HELD_LOCK:
+            _HELD[_key(run_url)] = lease
+        if heartbeat:
+            lease.start_heartbeat()  # starting a thread takes milliseconds on a loaded machine: still guarded
     except BaseException:
-        # an interrupt (Ctrl-C, SIGTERM) after our write and before the lease is registered below
-        # would leave our file behind with nobody to release it: remove it while it is still ours
-        Lease(run_url, record, stale_s).release()
+        # an interrupt (Ctrl-C, SIGTERM) after our write and before the caller holds the lease would
+        # leave our file behind with nobody to release it: remove it while it is still ours
+        (lease or Lease(run_url, record, stale_s)).release()  # also stops its heartbeat, unregisters it
         raise
-    lease = Lease(run_url, record, stale_s)
-    with _HELD_LOCK:
-        _HELD[_key(run_url)] = lease
-    if heartbeat:
-        lease.start_heartbeat()
     return lease
+
+
+def held_lease(run_url: str) -> Lease | None:
+    """The lease this process holds on ``run_url`` (None if none): lets a caller interrupted between
+    :func:`acquire_lease` returning and keeping its result release it all the same."""
+    with _HELD_LOCK:
+        return _HELD.get(_key(run_url))
 
 
 def _refusal(run_url: str, record: dict, stale_s: float) -> str:

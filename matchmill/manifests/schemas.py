@@ -102,6 +102,10 @@ PROPOSALS = pa.schema(
 #: Same columns as PROPOSALS: refined matches replace the proposals row for row.
 MATCHES = PROPOSALS.with_metadata({"manifest": "refine"})
 
+#: The verify stage's rows. Its ``matches`` / ``scores`` / ``num_matches`` are refine's without the
+#: exact duplicate matches (``num_duplicates``); a row that is ``ok`` but not ``verified`` keeps its
+#: matches, inliers and errors, and everything downstream (metrics, exports, viz) treats it as a
+#: pair whose estimation failed.
 VERIFIED = pa.schema(
     PAIR_FIELDS
     + _MATCH_FIELDS
@@ -109,6 +113,8 @@ VERIFIED = pa.schema(
         pa.field("model", pa.string()),  # "homography" | "fundamental"
         pa.field("num_inliers", pa.int32()),
         pa.field("inliers", pa.list_(pa.bool_())),  # N flags, aligned with matches
+        pa.field("num_duplicates", pa.int32()),  # exact duplicate matches dropped before RANSAC (not in num_matches)
+        pa.field("verified", pa.bool_()),  # a model with >= verify.min_inliers inliers; null in runs made before the flag
         pa.field("H_est", _f64_list),  # 3x3 estimated homography, null if not estimated
         pa.field("F_est", _f64_list),  # 3x3 estimated fundamental matrix, null if n/a
         pa.field("R_err", pa.float64()),  # degrees, from OpenCV essential (null w/o pose GT)

@@ -8,8 +8,10 @@ floors both sides to a multiple of 16 (1/8 features, 4D pooling by 2). The artif
 
 Weights: ``weights`` keys point to files or fsspec URLs (no downloads), loaded strictly through
 :func:`matchmill.models.weights.load_weights` (a file of the wrong net fails naming the keys).
-Without them, nets start from a seeded random initialisation, which runs the whole chain but does
-not give good matches.
+An official Patch2Pix checkpoint's ``regressor_config`` (conv strides, window size, widths, ...)
+builds the regressors (:func:`matchmill.models.official_settings.conf_from_checkpoint`); a
+setting matchmill cannot build is refused in one line. Without weights, nets start from a seeded
+random initialisation, which runs the whole chain but does not give good matches.
 
 Devices: each method puts its net on :func:`matchmill.methods.devices.method_device` (the GPU Ray
 gave the actor, or the CPU; ``num_gpus > 0`` without a visible GPU fails in ``__init__``), runs it
@@ -83,7 +85,7 @@ class Patch2PixRefiner(Method):
         "weights": None,  # regressor weights (.pth / .safetensors of models.patch2pix.Patch2Pix); None = seeded init
         "init_seed": 0,  # seed of the random initialisation when no weights are given
         "confidence": 0.25,  # fine confidence a match must exceed (paper: 0.25 default; 0.5 and 0.9 as options)
-        "cpu_sized": True,  # width-128 regressors (CPU budget); False = the paper's width 512
+        "cpu_sized": True,  # width-128 regressors (CPU budget); False = the paper's 512 (official files: their own)
         "feat_channels": None,  # channels of the stored f0..f3; None = read from the features (resnet34: [3, 64, 64, 128])
         "amp": "none",  # mixed precision on GPU: none | bf16 | fp16 (ignored on CPU)
     }
@@ -134,6 +136,11 @@ class Patch2PixRefiner(Method):
             return self._net
         seeded(self.conf["init_seed"])
         net_conf = cpu_sized(DEFAULT_CONF) if self.conf["cpu_sized"] else dict(DEFAULT_CONF)
+        if self._weights is not None:  # an official checkpoint's regressor_config builds its regressors
+            from matchmill.models.official_settings import conf_from_checkpoint  # lazy: imports torch
+
+            net_conf.update(conf_from_checkpoint("patch2pix", getattr(self._weights, "metadata", {}),
+                                                 str(self.conf["weights"])))
         net = Patch2Pix({**net_conf, "feat_channels": list(channels), "confidence": float(self.conf["confidence"])}).eval()
         if self._weights is not None:
             from matchmill.models.weights import load_weights  # lazy: imports torch

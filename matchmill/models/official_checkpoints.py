@@ -58,6 +58,9 @@ Reading those files stays weights-only: their non-tensor metadata (an ``argparse
 training options, NumPy losses) is allowed by :func:`matchmill.models.weights.read_state_dict`
 through a short list of data-only classes, and nothing else (see there).
 
+Settings carried next to the tensors (an argparse ``regressor_config``, NCNet's ``args``, R2D2's
+``net`` string) are honoured or refused by :mod:`matchmill.models.official_settings`.
+
 R2D2: naver/r2d2's ``Quad_L2Net`` in dilated mode runs its nine convs at dilations
 1, 1, 1, 2, 2, 4, 4, 8, 16 (each stride-2 conv doubles the dilation of those after it). Keys and
 shapes do not depend on dilations, so an R2D2 file is refused, with that reason, for an

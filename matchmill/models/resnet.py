@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from matchmill.config import merge_conf
-from .weights import OPTIONAL_SUFFIXES, load_weights, read_state_dict, state_dict_problems  # noqa: F401 - re-exported
+from .weights import OPTIONAL_SUFFIXES, StateDict, load_weights, read_state_dict, state_dict_problems  # noqa: F401 - re-exported
 
 __all__ = [
     "DEFAULT_CONF",
@@ -279,7 +279,8 @@ def load_torchvision_state_dict(
     """
     expected = model.state_dict()
     ignored = sorted(k for k in state_dict if k.startswith(_IGNORED_PREFIXES))
-    given = {k: v for k, v in state_dict.items() if not k.startswith(_IGNORED_PREFIXES)}
+    given = StateDict({k: v for k, v in state_dict.items() if not k.startswith(_IGNORED_PREFIXES)},
+                      getattr(state_dict, "metadata", {}))  # an official checkpoint's settings are checked
     missing = sorted(k for k in expected if k not in given and not k.endswith(OPTIONAL_SUFFIXES))
     unexpected = sorted(k for k in given if k not in expected)
     load_weights(model, given, strict=strict, where=where)

@@ -16,7 +16,9 @@ net's own tensors, so it works for a net already moved to ``cuda`` or ``half()``
 ``num_batches_tracked`` counters are optional (old and converted files lack them).
 A state dict that does not fit the net in its own layout but is recognised as an official released
 checkpoint (PUMP, NCNet, Patch2Pix, torchvision ResNet34, R2D2) is mapped by
-:mod:`matchmill.models.official_checkpoints` and then checked just as strictly.
+:mod:`matchmill.models.official_checkpoints` and then checked just as strictly; the settings such a
+checkpoint carries next to its tensors (kept as :attr:`StateDict.metadata`) must describe the net
+it loads into, or it is refused in one line naming the setting and its value.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import pickle
 import re
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -33,10 +36,12 @@ from torch import Tensor, nn
 from matchmill.weights import is_shipped, shipped_path
 
 from . import official_checkpoints as oc
+from .official_settings import check_settings
 
 __all__ = [
     "METADATA_GLOBALS",
     "OPTIONAL_SUFFIXES",
+    "StateDict",
     "WeightsSource",
     "check_weights_file",
     "load_weights",
@@ -69,7 +74,23 @@ METADATA_GLOBALS = (
 )
 
 
-def read_state_dict(source: WeightsSource) -> dict[str, Tensor]:
+class StateDict(dict):
+    """``{name: tensor}`` read from a file, with ``metadata``: the other entries of the checkpoint dict
+    it was unwrapped from (e.g. Patch2Pix's ``regressor_config``, NCNet's ``args``, R2D2's ``net``;
+    empty for a raw state dict). :func:`load_weights` hands the metadata to
+    :func:`matchmill.models.official_settings.check_settings`. Pickles (``torch.save``) as an
+    ``OrderedDict`` of its tensors, which a weights-only load reads back; the metadata is not saved.
+    """
+
+    def __init__(self, state: Mapping[str, Tensor], metadata: Mapping | None = None) -> None:
+        super().__init__(state)
+        self.metadata: dict = dict(metadata or {})
+
+    def __reduce__(self):
+        return (OrderedDict, (list(self.items()),))
+
+
+def read_state_dict(source: WeightsSource) -> StateDict:
     """Read ``{name: tensor}`` weights, never executing pickled code.
 
     Args:
@@ -77,7 +98,8 @@ def read_state_dict(source: WeightsSource) -> dict[str, Tensor]:
             URL of such a file (fetched to a temporary local copy), or a mapping (checked, unwrapped).
 
     Returns:
-        ``{name: tensor}``, tensors on CPU for files (a mapping's tensors are returned as given).
+        ``{name: tensor}``, tensors on CPU for files (a mapping's tensors are returned as given), a
+        :class:`StateDict` whose ``metadata`` holds the checkpoint dict's other entries.
 
     Raises:
         FileNotFoundError: the file does not exist (message names it).
@@ -200,11 +222,14 @@ def _read_url(url: str) -> dict[str, Tensor]:
             raise ValueError(str(exc).replace(str(local), url)) from None
 
 
-def _as_state_dict(obj: object, where: str) -> dict[str, Tensor]:
-    """Unwrap a checkpoint dict and check that ``obj`` is a non-empty ``{str: Tensor}`` mapping."""
+def _as_state_dict(obj: object, where: str) -> StateDict:
+    """Unwrap a checkpoint dict and check that ``obj`` is a non-empty ``{str: Tensor}`` mapping; the
+    checkpoint dict's other entries (or a given :class:`StateDict`'s metadata) become ``metadata``."""
+    metadata = dict(obj.metadata) if isinstance(obj, StateDict) else {}  # a StateDict passed back in keeps it
     if isinstance(obj, Mapping) and not all(isinstance(v, Tensor) for v in obj.values()):
         for key in _CHECKPOINT_KEYS:
             if isinstance(obj.get(key), Mapping):
+                metadata = {k: v for k, v in obj.items() if k != key}
                 obj = obj[key]
                 break
     if (
@@ -213,7 +238,7 @@ def _as_state_dict(obj: object, where: str) -> dict[str, Tensor]:
         or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
     ):
         raise ValueError(f"{where} does not hold a state dict of tensors (got {type(obj).__name__})")
-    return dict(obj)
+    return StateDict(obj, metadata)
 
 
 def state_dict_problems(expected: Mapping[str, Tensor], given: Mapping[str, Tensor], strict: bool) -> list[str]:
@@ -291,14 +316,15 @@ def load_weights(
     """
     if where is None:
         where = "state dict" if isinstance(source, Mapping) else str(source)
-    given = select_keys(read_state_dict(source), prefix, key_map)
+    state = read_state_dict(source)
+    given = select_keys(state, prefix, key_map)
     expected = net.state_dict()
     problems = state_dict_problems(expected, given, strict)
     if prefix and not given:
         problems.insert(0, f"no keys under prefix {prefix!r}")
     loads_nothing = not any(k in expected for k in given)  # non-strict would silently load nothing
     if (problems or loads_nothing) and given and key_map is None:
-        given, problems = _official(net, given, problems, strict, where)
+        given, problems = _official(net, given, problems, strict, where, state.metadata)
     if problems:
         raise ValueError(f"cannot load {type(net).__name__} weights from {where}: " + " | ".join(problems))
     merged = dict(expected)
@@ -309,16 +335,20 @@ def load_weights(
 
 
 def _official(
-    net: nn.Module, given: dict[str, Tensor], problems: list[str], strict: bool, where: str
+    net: nn.Module, given: dict[str, Tensor], problems: list[str], strict: bool, where: str, metadata: Mapping
 ) -> tuple[dict[str, Tensor], list[str]]:
     """``given`` did not fit ``net``'s own layout: map it when it is an official checkpoint ``net`` takes.
 
     Returns the state dict to load and the remaining problems (own-layout problems, plus a hint when
     the file is an official checkpoint of another net). Raises ValueError, naming the layout and the
-    official keys, when the file is recognised but does not map completely.
+    official keys, when the file is recognised but does not map completely, and, in one line naming
+    the setting and its value, when the checkpoint's settings (``metadata``) describe another net
+    than ``net`` (:func:`matchmill.models.official_settings.check_settings`).
     """
-    if oc.detect_layout(net, given) is not None:
-        conv = oc.convert_state_dict(net, given)
+    layout = oc.detect_layout(net, given)
+    if layout is not None:
+        check_settings(net, layout, metadata, where)
+        conv = oc.convert_state_dict(net, given, layout)
         official_problems = conv.problems(strict)
         if official_problems:
             raise ValueError(

@@ -16,35 +16,54 @@ from matchmill.config import ConfigError
 
 from .config import load_config
 from .graph import MINE_GRAPH
+from .verbosity import add_verbose_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the pipeline's subcommands; ``run`` and ``mine`` are ``interruptible`` (Ctrl-C / SIGTERM:
     one line, exit 130 / 143)."""
-    run = sub.add_parser("run", help="run or resume a job")
+    run = sub.add_parser("run", help="run or resume a job", description=(
+        "Run the job a YAML file describes (pairs, images, extract, propose, refine, verify, metrics), or resume it: "
+        "committed stages are kept, so rerunning the same command continues where it stopped. "
+        "Example: matchmill run configs/demo.yaml run_name=demo-4k extract.max_keypoints=4096"))
     _job_arguments(run, "configs/demo.yaml", "extract.method=sift storage=file:///x")
     run.set_defaults(func=cmd_run, interruptible=True)
 
     mine = sub.add_parser("mine", help="mine pairs the SfM model missed: retrieval candidates, matched, verified, "
-                                       "accepted into a mined-pairs manifest (train pump's U data)")
+                                       "accepted into a mined-pairs manifest (train pump's U data)",
+                          description="Mine image pairs an SfM model missed: retrieval candidates are matched and "
+                                      "verified, and the accepted ones written as a mined-pairs manifest that "
+                                      "matchmill train pump reads. Example: matchmill mine configs/mine.yaml "
+                                      "data.root=/data/megadepth")
     _job_arguments(mine, "configs/mine.yaml", "data.root=/data/megadepth mine.min_inliers=40")
     mine.set_defaults(func=cmd_mine, interruptible=True)
 
-    show = sub.add_parser("show", help="first rows of a stage's manifest")
+    show = sub.add_parser("show", help="first rows of a stage's manifest", description=(
+        "Print the first rows of one stage's manifest of a run (--failed: only failed rows, each error in full). "
+        "Example: matchmill show demo verify -n 5"))
     show.add_argument("run_url")
     show.add_argument("stage")
     show.add_argument("-n", "--rows", type=int, default=10)
     show.add_argument("--failed", action="store_true", help="only failed rows")
+    show.add_argument("--columns", default=None, metavar="A,B,...",
+                      help="columns to print, in this order, cells in full (all: every column); default: a few "
+                           "per stage (key, counts, times, status) fitted to the terminal's width")
+    show.add_argument("--all", action="store_const", const="all", dest="columns", help="every column (--columns all)")
     show.set_defaults(func=cmd_show)
 
-    gc = sub.add_parser("gc", help="remove what no committed stage of a run uses (old artifacts, stray temp files)")
+    gc = sub.add_parser("gc", help="remove what no committed stage of a run uses (old artifacts, stray temp files)",
+                        description="Remove the files of a run that no committed stage uses (artifacts of replaced "
+                                    "stages, stray temporary files). Example: matchmill gc demo --dry-run")
     gc.add_argument("run_url")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     gc.add_argument("--partial", action="store_true", help="also remove uncommitted (partial) stages")
     gc.set_defaults(func=cmd_gc)
 
     export = sub.add_parser("export", help="write a run's verified matches as hloc keypoints.h5 / matches.h5, "
-                                           "or a COLMAP database (--format colmap)")
+                                           "or a COLMAP database (--format colmap)",
+                            description="Write a run's verified matches for SfM tools: hloc's keypoints.h5, "
+                                        "matches.h5 and pairs.txt, or a COLMAP database.db (--format colmap). "
+                                        "Example: matchmill export demo out/colmap --format colmap")
     export.add_argument("run_url")
     export.add_argument("out", help="output folder (any fsspec URL)")
     export.add_argument("--format", choices=("hloc", "colmap"), default="hloc",
@@ -69,11 +88,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="replace an export of another run or format in OUT (never files that are not an export's)")
     export.set_defaults(func=cmd_export)
 
-    compare = sub.add_parser("compare", help="metrics of several runs side by side (e.g. the demo's SIFT and learned runs)")
+    compare = sub.add_parser("compare", help="metrics of several runs side by side (e.g. the demo's SIFT and learned runs)",
+                             description="Print the metrics of several runs side by side, one column per run. "
+                                         "Example: matchmill compare demo demo-learned (make demo compares its "
+                                         "SIFT and learned runs this way)")
     compare.add_argument("run_urls", nargs="+")
     compare.set_defaults(func=cmd_compare)
 
-    demo = sub.add_parser("demo-data", help="write the embedded demo scene (MegaDepth format)")
+    demo = sub.add_parser("demo-data", help="write the embedded demo scene (MegaDepth format)",
+                          description="Render the synthetic demo scene (images, depth maps, a COLMAP model: the MegaDepth "
+                                      "layout) into a folder; data.source=demo does this on first use. "
+                                      "Example: matchmill demo-data /tmp/demo --seed 1")
     demo.add_argument("out")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--cameras", type=int, default=14)
@@ -90,20 +115,23 @@ def _job_arguments(parser: argparse.ArgumentParser, example: str, overrides: str
     parser.add_argument("--until", default=None, help="stop after this stage commits (e.g. extract)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace stages committed with another config (default: refuse and touch nothing)")
-    # SUPPRESS: unless given here, ``matchmill -v run`` keeps the top-level flag's value
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="show Ray's own INFO logs too (same as matchmill -v run)")
+    add_verbose_argument(parser)  # the same -v as ``matchmill -v run``; the two counts add up
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    conf = load_config(args.config, args.overrides)
+    return run_job(conf, args)
+
+
+def run_job(conf: dict, args: argparse.Namespace) -> int:
+    """Run (or resume) a validated job as ``matchmill run`` does (``matchmill match`` too): the
+    runner prints ``run: URL`` and a line per stage, then the metrics; the exit code."""
     from matchmill.stages.metrics import format_summary  # lazy: start-up time (pydegensac, cv2)
 
     from .runner import run_pipeline  # lazy: start-up time
 
-    conf = load_config(args.config, args.overrides)
     result = run_pipeline(conf, until=args.until, address=args.address, verbose=args.verbose,
                           overwrite=args.overwrite)
-    print(f"run: {result.run_url}")
     if result.metrics:
         print(format_summary(result.metrics))
     return _exit_code(result, conf)
@@ -131,7 +159,6 @@ def cmd_mine(args: argparse.Namespace) -> int:
                           "pairs.strategy=retrieval (with pairs.max_shared_points for pairs SfM missed; see configs/mine.yaml)")
     result = run_pipeline(conf, until=args.until, address=args.address, verbose=args.verbose,
                           overwrite=args.overwrite, graph=MINE_GRAPH)
-    print(f"run: {result.run_url}")
     report = read_report(result.run_url)
     if report is not None and args.until is None:
         print(summary_line(report))
@@ -152,9 +179,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .status import show_stage  # lazy: start-up time (pandas)
+    from .show import show_stage  # lazy: start-up time (pyarrow)
 
-    print(show_stage(args.run_url, args.stage, rows=args.rows, failed_only=args.failed))
+    columns = args.columns.split(",") if args.columns is not None else None
+    print(show_stage(args.run_url, args.stage, rows=args.rows, failed_only=args.failed, columns=columns))
     return 0
 
 
@@ -199,7 +227,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .status import compare_runs  # lazy: start-up time (pandas)
+    from .compare import compare_runs  # lazy: start-up time (pyarrow)
 
     print(compare_runs(args.run_urls))
     return 0

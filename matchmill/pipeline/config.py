@@ -293,8 +293,8 @@ def _check_resources(section: str, resources: Any) -> None:
 
 
 def run_url(conf: dict) -> str:
-    """``<storage>/<run_name>``; a local storage becomes an absolute ``file://`` URL (relative to
-    the working directory, ``~`` expanded to the home folder)."""
+    """``<storage>/<run_name>`` as an absolute URL (no ``storage``: the default storage; the rule:
+    :func:`matchmill.config.storage_root_url`)."""
     return storage_root_url(conf["storage"]) + "/" + conf["run_name"]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -46,17 +47,19 @@ from matchmill.manifests.commit import (
     write_commit,
     write_started,
 )
-from matchmill.manifests.lease import acquire_lease, ensure_held
+from matchmill.manifests.lease import acquire_lease, ensure_held, held_lease
 from matchmill.manifests.schemas import SCHEMA_VERSION
 from matchmill.manifests.storage import (
     check_writable,
     file_sizes,
+    is_local,
     join,
     remove_tree,
     schema_of,
     url_to_fs,
     write_manifest,
 )
+from matchmill.methods.quality_note import quality_note
 from matchmill.methods.registry import REGISTRIES, load_method, random_init_warning
 from matchmill.stages.metrics import read_summary
 from matchmill.stages.pairs import check_source
@@ -116,6 +119,21 @@ def stage_hashes(conf: dict, graph: tuple[StageSpec, ...] = ALL_STAGES) -> dict[
         upstream = "|".join(hashes[d] for d in spec.depends)
         hashes[spec.name] = stage_hash(parts, upstream or None)
     return hashes
+
+
+def _new_local_folder(url: str) -> bool:
+    """Whether ``url`` is a local folder that does not exist yet (:func:`check_storage` makes it)."""
+    fs, path = url_to_fs(url)
+    return is_local(fs) and not fs.exists(path)
+
+
+def _remove_empty_folder(url: str) -> None:
+    """Remove the local folder ``url`` if it is empty (never anything in it)."""
+    _, path = url_to_fs(url)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # not empty, or already gone
 
 
 def check_storage(conf: dict) -> str:
@@ -236,6 +254,13 @@ def _warn_random_init(conf: dict, states: list[StageState], echo) -> None:
         echo(f"matchmill: {line}")
 
 
+def _note_quality(conf: dict, echo) -> None:
+    """One line, for a learned preset: its measured quality against SIFT, from the model card."""
+    line = quality_note(conf)
+    if line:
+        echo(f"matchmill: {line}")
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -245,6 +270,7 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
     """Run (or resume) the whole job (:func:`_run_pipeline`), holding the run's lease (one writer
     per run: matchmill/manifests/lease.py) from the end of validation to the end of the run, however it ends."""
     held: list = []
+    prior = held_lease(run_url(conf))  # a lease this process already held (not ours to release)
     try:
         return _run_pipeline(conf, until, address, echo, overwrite, verbose, graph, held)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C / SIGTERM (cli.py): no worker writes once the lease is free
@@ -253,6 +279,9 @@ def run_pipeline(conf: dict, until: str | None = None, address: str | None = Non
     finally:
         for lease in held:
             lease.release()
+        taken = held_lease(run_url(conf))  # interrupted between acquire_lease returning and held.append
+        if taken is not None and taken is not prior and not held:
+            taken.release()
 
 
 def _run_pipeline(conf: dict, until: str | None, address: str | None, echo, overwrite: bool, verbose: bool,
@@ -264,12 +293,18 @@ def _run_pipeline(conf: dict, until: str | None, address: str | None, echo, over
     names = tuple(s.name for s in graph)
     if until is not None and until not in names:
         raise ConfigError(f"--until: unknown stage {until!r}; stages: {', '.join(names)}")
+    made = _new_local_folder(run_url(conf))
     url = check_storage(conf)
     hashes = stage_hashes(conf, graph)
     last = names.index(until) if until else len(graph) - 1
     specs = list(graph[: last + 1])
-    states = plan_stages(conf, url, hashes, specs, overwrite, deep=False)
-    preflight(conf, states)
+    try:
+        states = plan_stages(conf, url, hashes, specs, overwrite, deep=False)
+        preflight(conf, states)
+    except Exception:
+        if made:  # a refused job leaves nothing behind, not even the empty run folder the storage check made
+            _remove_empty_folder(url)
+        raise
     # one writer per run: the lease is taken after validation, before the first write; the plan is
     # made again under it (a writer that held it until now may have committed stages since)
     held.append(acquire_lease(url))
@@ -278,7 +313,9 @@ def _run_pipeline(conf: dict, until: str | None, address: str | None, echo, over
         preflight(conf, again)
     states = again
     check_stage_folders(url, states, overwrite, echo)
+    echo(f"run: {url}")  # the resolved absolute URL, once everything is validated (docs/storage.md)
     _warn_random_init(conf, states, echo)
+    _note_quality(conf, echo)
     for line in describe_repairs(states):
         echo(f"matchmill: {line}")
     result = RunResult(run_url=url)

@@ -1,7 +1,11 @@
 """Metrics stage (driver side): aggregate per-pair errors into the run's metrics.
 
 Writes the METRICS manifest (metric, value, count) plus ``summary.json`` and ``report.md`` next
-to it. Failed pairs stay in every denominator (they count as failures, never vanish).
+to it. Failed pairs stay in every denominator (they count as failures, never vanish); so do
+unverified ones (fewer than ``verify.min_inliers`` inliers), which count as failed estimations
+(pose / corner error inf). ``num_verified`` counts the verified pairs, and ``mean_matches`` /
+``mean_inliers`` are means over them
+(:func:`matchmill.geometry.pair_metrics.aggregate_metrics`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from matchmill.manifests.storage import exists, join, read_bytes, write_bytes_at
 #: Columns of the verified manifest the aggregate needs (the big per-match arrays, K and the
 #: keys are skipped: the driver holds one small dict per pair here).
 _COLUMNS = [
-    "status", "num_matches", "num_inliers", "pose_error", "pose_error_fdegensac",
+    "status", "verified", "num_matches", "num_inliers", "pose_error", "pose_error_fdegensac",
     "corner_error", "mma", "H_0to1", "T_0to1",
 ]
 

@@ -53,7 +53,7 @@ GT_COLUMNS = ("K0", "K1", "T_0to1", "H_0to1")
 #: Rejection reasons, in the order they are tested.
 REASONS = ("no model", "too few inliers", "low inlier ratio", "low spread")
 _VERIFY_COLUMNS = [f.name for f in PAIR_FIELDS] + ["num_matches", "matches", "inliers", "num_inliers",
-                                                    "model", "F_est", "status", "error"]
+                                                    "model", "F_est", "verified", "status", "error"]
 
 
 def check_conf(conf: dict) -> None:
@@ -87,7 +87,7 @@ def judge(row: dict, sizes: dict[str, tuple[int, int]], conf: dict) -> tuple[str
         s0 = sizes.get(row["image0"], (0, 0))
         s1 = sizes.get(row["image1"], (0, 0))
         figures["spread"] = min(hull_fraction(m[:, :2], s0), hull_fraction(m[:, 2:], s1))
-    if k < int(conf["min_inliers"]):
+    if k < int(conf["min_inliers"]) or row.get("verified") is False:  # below mine's or verify's min_inliers
         return "too few inliers", figures
     if figures["inlier_ratio"] < float(conf["min_inlier_ratio"]):
         return "low inlier ratio", figures

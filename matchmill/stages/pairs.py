@@ -16,11 +16,12 @@ from matchmill.config import ConfigError
 from matchmill.datasets.colmap_scene import check_scene_cameras as check_cameras
 from matchmill.datasets.demo import ensure_demo_scene
 from matchmill.datasets.hpatches import list_hpatches_pairs, list_oxford_pairs
-from matchmill.datasets.image_sources import folder_images, list_scene_folders, scene_images
+from matchmill.datasets.image_sources import check_folder_images, folder_images, list_scene_folders, scene_images
 from matchmill.datasets.megadepth import DEFAULT_BOUNDS, DEFAULT_CONF, list_scenes, select_megadepth_pairs
 from matchmill.datasets.pair_strategies import (
     STRATEGY_BOUNDS,
     STRATEGY_DEFAULTS,
+    choose_strategy,
     exhaustive_pairs,
     failed_image_row,
     retrieval_pairs,
@@ -76,7 +77,8 @@ def check_source(conf: dict) -> None:
 
     Called by the runner before any stage is touched, so a wrong ``data.root`` never costs a
     committed stage. Scene sources also have their COLMAP cameras vetted here
-    (:func:`check_scene_cameras`)."""
+    (:func:`check_scene_cameras`); a folder source must hold two readable images
+    (:func:`~matchmill.datasets.image_sources.check_folder_images`)."""
     data = conf["data"]
     source = data["source"]
 
@@ -88,6 +90,8 @@ def check_source(conf: dict) -> None:
 
     if source in ("megadepth", "hpatches", "oxford", "folder") or (source == "demo" and data["root"]):
         must_exist("root")
+    if source == "folder":
+        check_folder_images(data["root"], int(data["max_image_pixels"]))
     if source == "pairs_file":
         must_exist("pairs_file")
         if data["images_dir"]:
@@ -174,6 +178,10 @@ def strategy_rows(conf: dict, run_url: str | None = None) -> Iterable[dict]:
         raise ValueError(f"pairs.strategy={pc['strategy']} pairs the images of data.source "
                          f"{'|'.join(IMAGE_SOURCES)}; data.source={source} lists its own pairs")
     images = source_images(conf)
+    if pc["strategy"] == "auto":
+        count = sum(im.error is None for im in images)
+        pc = {**pc, "strategy": choose_strategy(count, pc)}
+        log.info("pairs (auto): %d images, exhaustive_max %d: %s", count, pc["exhaustive_max"], pc["strategy"])
     if pc["strategy"] == "retrieval":
         X, errors = describe_images(images, pc["global"], run_url, int(conf["data"]["max_image_pixels"]),
                                     execution=conf["extract"])

@@ -1,4 +1,11 @@
-"""Verify stage: per pair, robust geometry (pydegensac H or F) and per-pair errors against ground truth."""
+"""Verify stage: per pair, robust geometry (pydegensac H or F) and per-pair errors against ground truth.
+
+Per pair: exact duplicate matches are dropped (:func:`matchmill.geometry.duplicates.unique_matches`;
+the row keeps the de-duplicated ``matches`` / ``scores`` and counts the rest in ``num_duplicates``),
+the model is fitted, and the row is ``verified`` when a model was found with at least
+``min_inliers`` inliers (COLMAP's two-view geometry rule). An unverified row keeps its matches,
+inliers and errors; the metrics, the exports and ``viz`` treat it as a pair without a model.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from matchmill.geometry.duplicates import unique_matches
 from matchmill.geometry.pair_metrics import (
     DEFAULT_PAIR_METRICS_CONF,
     PAIR_METRICS_BOUNDS,
@@ -27,10 +35,12 @@ from .threads import limit_threads
 #: defined once, with their comments, in ``matchmill/geometry/pair_metrics.py``.
 STAGE_DEFAULTS = {
     "geometry": "auto",  # auto (H when the pair has H ground truth, else F) | homography | fundamental
+    "min_inliers": 15,  # verified = a model with at least this many inliers (COLMAP's min_num_inliers, 15)
     **DEFAULT_PAIR_METRICS_CONF,
 }
-#: Bounds of its numbers, defined with the keys in ``matchmill/geometry/pair_metrics.py``.
-STAGE_BOUNDS = dict(PAIR_METRICS_BOUNDS)
+#: Bounds of its numbers; the robust-estimation ones are defined with the keys in
+#: ``matchmill/geometry/pair_metrics.py``.
+STAGE_BOUNDS = {"min_inliers": ">= 0", **PAIR_METRICS_BOUNDS}
 
 
 def choose_model(row, geometry: str) -> str:
@@ -66,7 +76,8 @@ class VerifyActor:
 def verify_pair(conf: dict, matches: np.ndarray, scores: np.ndarray | None = None,
                 size0: tuple[int, int] | None = None, size1: tuple[int, int] | None = None,
                 row: Mapping[str, Any] | None = None) -> dict:
-    """The VERIFIED fields of one pair: robust model, inliers and errors against ground truth.
+    """The VERIFIED fields of one pair: duplicates dropped, robust model, inliers, the ``verified``
+    flag and errors against ground truth.
 
     The verify stage calls it per row and ``matchmill.match`` per pair (one code path).
 
@@ -74,7 +85,8 @@ def verify_pair(conf: dict, matches: np.ndarray, scores: np.ndarray | None = Non
         conf: the job's ``verify`` section (:data:`STAGE_DEFAULTS` plus execution keys).
         matches: (N, 4) x0 y0 x1 y1 in original pixels (the stages pass the stored float32
             values as float64).
-        scores: (N,) match scores; not used by the estimation (kept for the row contract).
+        scores: (N,) match scores or None; among exact duplicate matches the best-scored one is
+            kept (the first on a tie); the estimation does not use them.
         size0, size1: (width, height) of the original images, or None; ``size0`` is used by the
             homography metrics (corner error) when the row has H ground truth.
         row: the pair row with its ground truth (``K0``, ``K1``, ``T_0to1``, ``H_0to1``), or None
@@ -82,16 +94,25 @@ def verify_pair(conf: dict, matches: np.ndarray, scores: np.ndarray | None = Non
             error columns are None.
 
     Returns:
-        ``model`` ("homography" | "fundamental"), ``num_inliers``, ``inliers`` (N,) bool,
-        ``H_est`` / ``F_est`` (9,) float64 row-major or None, the METRIC_COLUMNS of
-        :func:`~matchmill.geometry.pair_metrics.evaluate_pair`, and ``seconds`` (the estimation's).
+        ``matches`` (M, 4) float32 and ``scores`` (M,) float32 (None when not given): the input
+        without its exact duplicates, in input order, M <= N; ``num_matches`` M;
+        ``num_duplicates`` N - M; ``model`` ("homography" | "fundamental"), ``num_inliers``,
+        ``inliers`` (M,) bool, ``H_est`` / ``F_est`` (9,) float64 row-major or None;
+        ``verified`` (a model with ``num_inliers >= conf["min_inliers"]``); the METRIC_COLUMNS of
+        :func:`~matchmill.geometry.pair_metrics.evaluate_pair` (computed for every pair, verified
+        or not: the aggregate decides what an unverified pair counts as); and ``seconds`` (the
+        de-duplication's and the estimation's).
     """
-    del scores, size1  # part of the per-row contract; the estimation uses neither
+    del size1  # part of the per-row contract; the estimation does not use it
     row = {} if row is None else row
+    start = time.perf_counter()
     matches = np.asarray(matches, np.float64).reshape(-1, 4)
+    keep = unique_matches(matches, scores)
+    num_duplicates = len(matches) - len(keep)
+    matches = matches[keep]
+    scores = None if scores is None else np.asarray(scores, np.float32).reshape(-1)[keep]
     k0, k1 = matches[:, :2], matches[:, 2:]
     model = choose_model(row, conf["geometry"])
-    start = time.perf_counter()
     H = F = None
     if model == "homography":
         H, inliers = find_homography(k0, k1, conf["h_threshold"], conf["h_confidence"], conf["max_iters"],
@@ -100,14 +121,25 @@ def verify_pair(conf: dict, matches: np.ndarray, scores: np.ndarray | None = Non
         F, inliers = find_fundamental(k0, k1, conf["f_threshold"], conf["confidence"], conf["max_iters"],
                                       seed=conf["ransac_seed"])
     seconds = time.perf_counter() - start
+    num_inliers = int(np.count_nonzero(inliers))
     metric_conf = {k: conf[k] for k in DEFAULT_PAIR_METRICS_CONF if k in conf}  # the section's other keys are the stage's
     metrics = evaluate_pair(k0, k1, inliers, row, metric_conf, H_est=H, F_est=F, image0_size=size0)
     return {
+        "matches": matches.astype(np.float32),
+        "scores": scores,
+        "num_matches": len(matches),
+        "num_duplicates": num_duplicates,
         "model": model,
-        "num_inliers": int(np.count_nonzero(inliers)),
+        "num_inliers": num_inliers,
         "inliers": np.asarray(inliers, bool),
         "H_est": None if H is None else np.asarray(H, np.float64).ravel(),
         "F_est": None if F is None else np.asarray(F, np.float64).ravel(),
+        "verified": is_verified(H if H is not None else F, num_inliers, conf["min_inliers"]),
         **metrics,
         "seconds": seconds,
     }
+
+
+def is_verified(model: np.ndarray | None, num_inliers: int, min_inliers: int) -> bool:
+    """COLMAP's two-view rule: a model was estimated and it has at least ``min_inliers`` inliers."""
+    return model is not None and int(num_inliers) >= int(min_inliers)

@@ -23,6 +23,7 @@ from matchmill.config import (
     check_run_name,
     check_storage_url,
     deep_merge,
+    default_run_path,
     read_user_config,
     storage_root_url,
     type_ok,
@@ -35,7 +36,7 @@ from .tasks import TASKS, task_class
 #: run_name, seed, ray, data.images_dir, data.max_image_pixels) with a training job's own defaults,
 #: and its own keys; the model's section is the task's ``default_conf``.
 TRAIN_DEFAULTS: dict[str, Any] = deep_merge(SHARED_JOB_DEFAULTS, {
-    "storage": "file://./runs/train",  # training runs live apart from pipeline runs (Ray Train storage_path)
+    "storage": None,  # None = the default storage, beside pipeline runs (matchmill.config.default_storage); Ray Train's storage_path
     "run_name": None,  # None = the model name. The same name resumes from its newest checkpoint
     "scaling": {
         "workers": 1,  # Ray Train workers (data-parallel replicas)
@@ -103,12 +104,15 @@ def _absolute(url: str) -> str:
     if url.startswith("file://") and not url.startswith("file:///"):
         return "file://" + str(Path(url[len("file://"):]).resolve())
     if "://" not in url and not url.startswith("shipped:"):
-        return str(Path(url).resolve())
+        in_run = None if Path(url).expanduser().exists() else default_run_path(url)
+        return in_run or str(Path(url).resolve())  # a run under the default storage (demo, ncnet-demo/best/...)
     return url
 
 
 def _absolute_local_urls(conf: dict) -> None:
-    """Resolve relative ``file://./x`` and plain relative paths of :data:`_PATH_KEYS` against the cwd."""
+    """Resolve relative ``file://./x`` and plain relative paths of :data:`_PATH_KEYS` against the cwd;
+    a relative path that does not exist there and starts with a run under the default storage
+    (``demo``, ``ncnet-demo/best/model.safetensors``) is that run's (:func:`matchmill.config.default_run_path`)."""
     for section, key in _PATH_KEYS:
         sections = [conf.get(section)] if section != "*" else [v for v in conf.values() if isinstance(v, dict)]
         for sec in sections:
@@ -161,7 +165,7 @@ def _check_values(conf: dict) -> None:
         raise ConfigError(f"data.val_fraction: must be in [0, 1), got {d['val_fraction']}")
     check_run_name(conf["run_name"])  # the same rules as a pipeline run (matchmill/config.py)
     check_storage_url(conf["storage"])
-    if conf["storage"].startswith("memory://"):
+    if (conf["storage"] or "").startswith("memory://"):
         raise ConfigError("storage: memory:// is not shared with Ray workers; use file://, s3:// or gs://")
     task_class(conf["model"]).check_conf(conf)
 

@@ -4,7 +4,10 @@ Per sample (spec ``patch2pix.md`` §2.10, §4): a pair of ``data.pairs`` with K0
 resized to ``size``, run through the frozen backbone and the frozen NC layers
 (``patch2pix.ncnet_weights``: a ``matchmill train ncnet`` checkpoint, its run's ``best/`` or a
 weights file), its proposals sampled to ``ptmax`` and expanded to 8 anchors each; the loss is the
-weakly supervised epipolar loss (:func:`matchmill.models.patch2pix_training.examples_loss`).
+weakly supervised epipolar loss (:func:`matchmill.models.patch2pix_training.examples_loss`), or with
+``patch2pix.loss: pixel | both`` pixel targets from the pair's depth maps and pose
+(:mod:`.patch2pix_pixel_loss`, :mod:`.pair_truth`; a pair without truth or overlap is skipped and
+counted), alone or added to the epipolar loss.
 Optimiser: Adam, lr 5e-4, no weight decay (spec §4).
 
 Validation: held-out pairs, NC proposals refined in eval mode and kept above ``confidence``; pose
@@ -17,10 +20,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from matchmill.config import ConfigError
+from matchmill.datasets.demo.oracle import PairOracle
 from matchmill.geometry.pair_metrics import has_pose_gt
 from matchmill.models.ncnet import NCNet
 from matchmill.models.patch2pix import DEFAULT_CONF, Patch2Pix, cpu_sized
@@ -30,6 +35,8 @@ from matchmill.models.weights import load_weights
 from .checkpoints import weights_file
 from .manifest_data import inspect_manifest, read_pair_rows, split_rows
 from .pair_features import build_backbone, check_backbone, check_size, validate_on_pose_pairs
+from .pair_truth import PairTruth, first_rows_with_truth
+from .patch2pix_pixel_loss import PATCH2PIX_LOSSES, pixel_examples_loss
 from .task import TrainTask, sample_rng
 
 log = logging.getLogger(__name__)
@@ -59,6 +66,9 @@ class Patch2PixTask(TrainTask):
         "cpu_sized": True,  # width-128 regressors (CPU budget); False = the paper's width 512
         "net": None,  # overrides of models.patch2pix.DEFAULT_CONF (thresholds, widths, panc, ...)
         "ptmax": 400,  # proposals per pair in training (paper: 400)
+        "loss": "epipolar",  # epipolar (paper, from pose) | pixel (true match from depth + pose) | both (sum)
+        "pixel_thresholds": [7.0, 2.0],  # pixel loss: (mid, fine) true error (px) under which a match is labelled correct
+        "pixel_huber": 1.0,  # pixel loss: Huber transition (px) of the offset regression
         "lr": 5e-4,  # Adam learning rate (paper: 5e-4)
         "weight_decay": 0.0,  # Adam weight decay (paper: 0)
         "val_pairs": 16,  # held-out pairs per validation
@@ -76,9 +86,19 @@ class Patch2PixTask(TrainTask):
             raise ConfigError(f"patch2pix.ptmax: must be >= 2, got {c['ptmax']}")
         if c["net"] is not None and not isinstance(c["net"], dict):
             raise ConfigError(f"patch2pix.net: expected a mapping of overrides or null, got {c['net']!r}")
+        if c["loss"] not in PATCH2PIX_LOSSES:
+            raise ConfigError(f"patch2pix.loss: expected one of {' | '.join(PATCH2PIX_LOSSES)}, got {c['loss']!r}")
+        thr = c["pixel_thresholds"]
+        if not (isinstance(thr, list) and len(thr) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in thr)):
+            raise ConfigError(f"patch2pix.pixel_thresholds: expected [mid, fine] positive pixels, got {thr!r}")
+        if not c["pixel_huber"] > 0:
+            raise ConfigError(f"patch2pix.pixel_huber: must be > 0, got {c['pixel_huber']!r}")
         src = inspect_manifest(d["pairs"], ("pairs",), "data.pairs", d["images_dir"])
         if src.ok_rows == 0:
             raise ConfigError(f"data.pairs: {src.url} has no usable pairs ({src.rows} rows, none with status ok)")
+        if c["loss"] != "epipolar" and not first_rows_with_truth(read_pair_rows(d["pairs"], "data.pairs", d["images_dir"])):
+            raise ConfigError(f"patch2pix.loss: {c['loss']!r} needs pairs with ground truth (K0, K1, T_0to1 and depth maps "
+                              f"<scene>/depths/<stem>.h5, or H_0to1); the first pairs of {src.url} have none")
         if src.pose_rows == 0:
             raise ConfigError(
                 f"data.pairs: {src.no_pose_reason()}; Patch2Pix is supervised by the epipolar geometry "
@@ -99,6 +119,8 @@ class Patch2PixTask(TrainTask):
         self.val_pairs = (self.val_pairs or self.train_pairs[:1])[: int(c["val_pairs"])]
         self.size = tuple(c["size"])
         self.backbone = build_backbone(c, self.device)
+        self.uses_truth = c["loss"] != "epipolar"
+        self.truth = PairTruth()
         torch.manual_seed(int(c["ncnet_seed"]))
         self.ncnet = NCNet().to(self.device).eval()
         if c["ncnet_weights"]:
@@ -126,22 +148,45 @@ class Patch2PixTask(TrainTask):
         examples, keys = [], []
         for i in indices:
             rng = sample_rng(self.seed, step, i)
+            oracle = None
             for _ in range(16):
                 row = self.train_pairs[int(rng.integers(len(self.train_pairs)))]
                 a = self.load(row["path0"])
                 b = self.load(row["path1"]) if a is not None else None
+                if b is not None and self.uses_truth:
+                    oracle = self._oracle(row, a, b)
+                    b = b if oracle is not None else None  # no truth / no visible overlap: counted, draw another
                 if b is not None:
                     break
             else:
-                raise ValueError(f"16 pairs in a row could not be read (e.g. {next(iter(self.skipped.values()), '?')})")
+                why = dict(self.truth.skipped) if self.uses_truth else next(iter(self.skipped.values()), "?")
+                raise ValueError(f"16 pairs in a row could not be read or had no ground truth (e.g. {why})")
             ex = make_training_example(a, b, row["K0"], row["K1"], row["T_0to1"], self.backbone, self.ncnet,
                                        ptmax=int(self.task_conf["ptmax"]), seed=int(rng.integers(2**31)),
                                        size=self.size, crop0=row["crop0"], crop1=row["crop1"])
+            if self.uses_truth:
+                ex["oracle"] = oracle
             examples.append(ex)
             keys.append(row["pair_id"])
         return ExampleBatch(examples, keys, int(step))
 
+    def _oracle(self, row: dict, a: np.ndarray, b: np.ndarray) -> PairOracle | None:
+        """The pair's oracle in the network frames, or None (counted) without truth or overlap."""
+        sizes = []
+        for image, crop in ((a, row["crop0"]), (b, row["crop1"])):
+            h, w = image.shape[:2]
+            sizes.append((min(w, int(crop[0])), min(h, int(crop[1]))) if crop else (w, h))
+        if self.truth.cell_targets(row, sizes[0], sizes[1], self.size, 16) is None:  # overlap check on a 16 px grid
+            return None
+        return self.truth.oracle(row, sizes[0], sizes[1]).resized(self.size, self.size)
+
     def loss(self, net: nn.Module, batch: ExampleBatch) -> tuple[Tensor, dict[str, float]]:
+        mode = self.task_conf["loss"]
+        if mode != "epipolar":
+            pixel_conf = {k: self.task_conf[k] for k in ("pixel_thresholds", "pixel_huber")}
+            loss, stats = pixel_examples_loss(net, batch.examples, mode, pixel_conf)
+            stats["pairs_skipped"] = float(self.truth.num_skipped)
+            return loss, stats
         loss, stats = examples_loss(net, batch.examples)
         keep = ("cls", "geo", "n_pos_mid", "n_pos_fine", "sampson_in", "sampson_mid", "sampson_fine")
         return loss, {k: float(stats[k]) for k in keep}

@@ -9,22 +9,30 @@ import sys
 from matchmill.config import ConfigError
 from matchmill.manifests.storage import StorageError
 from matchmill.pipeline.runtime import ResourceError
+from matchmill.pipeline.verbosity import add_verbose_argument
 
 from .config import MODELS, load_train_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train PUMP, NCNet or Patch2Pix on Ray Train (resumes a run of the same name)")
+    p = sub.add_parser("train", help="train PUMP, NCNet or Patch2Pix on Ray Train (resumes a run of the same name)",
+                       description="Train one model (pump, ncnet or patch2pix) on Ray Train from a YAML job file; "
+                                   "rerunning the same command resumes the run of that name from its last checkpoint. "
+                                   "Example: matchmill train pump configs/train-pump.yaml train.steps=500")
     p.add_argument("model", choices=MODELS, metavar="MODEL", help="the model to train: %(choices)s (TASKS, matchmill/training/tasks.py)")
     p.add_argument("config", help="YAML job file (e.g. configs/train-pump.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500 scaling.workers=2")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or embedded)")
     p.add_argument("--from", dest="from_weights", default=None,
                    help="fine-tune: start the net from these weights (a file, a checkpoint folder or a run's best/)")
+    add_verbose_argument(p)  # the same -v as ``matchmill -v train``; the two counts add up
     p.set_defaults(func=cmd_train)
 
     d = sub.add_parser("train-data", help="write the training set: demo scenes of seeds 1000.. + scikit-image photos, "
-                                          "pairs.parquet and images.parquet (matchmill/training/training_set.py)")
+                                          "pairs.parquet and images.parquet (matchmill/training/training_set.py)",
+                        description="Write the training set the shipped weights were trained on: demo scenes of seeds "
+                                    "1000 and up, scikit-image photographs, pairs.parquet and images.parquet. "
+                                    "Example: matchmill train-data runs/training-data")
     d.add_argument("out", help="output folder (e.g. runs/training-data)")
     d.add_argument("--scenes", type=int, default=32, help="demo scenes (seeds 1000 ..), 14 views each")
     d.add_argument("--cameras", type=int, default=14)

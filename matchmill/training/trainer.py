@@ -79,18 +79,18 @@ def ray_storage(url: str):
 
 
 def _init_ray(conf: dict, address: str | None, verbose: bool = False) -> None:
-    """Start or join Ray; the workers' own output reaches this console only with ``verbose``
-    (progress comes from the run's log, see :mod:`.progress`)."""
+    """Start or join Ray; Ray's own INFO logs and the workers' output reach this console only with
+    ``verbose`` (``-v``, matchmill/pipeline/verbosity.py; progress comes from the run's log, see :mod:`.progress`)."""
     import ray
 
     address = address or conf["ray"]["address"] or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
+            ray.init(address=address, logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose)
         else:
             # "local": a new embedded Ray, never one a `ray start` on this machine left running
             ray.init(address="local", num_cpus=conf["ray"]["num_cpus"], include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=verbose)
+                     logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose)
     _check_resources(conf, CLUSTER_WAIT_SECONDS if address else 0.0)
 
 

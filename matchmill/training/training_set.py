@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from matchmill.datasets.demo import write_demo_scene
+from matchmill.datasets.demo.seeds import HELD_OUT_SEEDS, TRAIN_SEED_START, check_held_out  # re-exported here
 from matchmill.manifests.schemas import IMAGES, PAIRS
 from matchmill.pipeline.config import default_config
 from matchmill.stages.images import unique_images
@@ -42,8 +43,6 @@ from matchmill.stages.pairs import build_pairs
 
 __all__ = ["TRAIN_SEED_START", "HELD_OUT_SEEDS", "PHOTOS", "write_training_set", "check_held_out"]
 
-TRAIN_SEED_START = 1000  # first training seed (demo scenes); held-out seeds are below it
-HELD_OUT_SEEDS = (0, 1, 2)  # demo scenes the model card evaluates on (seed 0 = the demo job)
 VERSION = 1  # bump when the layout or the content of a training set changes
 
 #: scikit-image sample photographs used for PUMP's synthetic pairs: name -> licence, as stated in
@@ -64,13 +63,6 @@ PHOTOS: dict[str, str] = {
     "clock": "public domain (photographer Stefan van der Walt)",
     "immunohistochemistry": "no known copyright restrictions (CMMI)",
 }
-
-
-def check_held_out(seeds) -> None:
-    """ValueError when a training seed is one of :data:`HELD_OUT_SEEDS`."""
-    overlap = sorted(set(int(s) for s in seeds) & set(HELD_OUT_SEEDS))
-    if overlap:
-        raise ValueError(f"training seeds {overlap} are held-out evaluation seeds {HELD_OUT_SEEDS}")
 
 
 def _skimage_data():

@@ -1,5 +1,8 @@
 """Draw a pair's matches side by side: inliers green, outliers red (OpenCV, no display needed).
 
+A pair that verify did not verify (fewer than ``verify.min_inliers`` inliers) has its inliers
+drawn grey instead of green, and a title (when given) in red says why.
+
 Used by ``matchmill viz matches`` and by ``matchmill report`` for its example pairs
 (:mod:`matchmill.evaluation.report.pair_drawings`); it imports nothing of :mod:`matchmill.evaluation`.
 """
@@ -15,6 +18,8 @@ from matchmill.manifests.storage import write_bytes_atomic
 INLIER_RGB: tuple[int, int, int] = (40, 200, 60)
 OUTLIER_RGB: tuple[int, int, int] = (230, 40, 40)
 UNKNOWN_RGB: tuple[int, int, int] = (250, 200, 30)  # matches drawn without an inlier mask
+UNVERIFIED_RGB: tuple[int, int, int] = (150, 150, 150)  # inliers of a pair verify did not verify
+TITLE_RGB: dict[bool, tuple[int, int, int]] = {True: (20, 120, 30), False: (200, 30, 30)}  # title text: verified or not
 
 #: Defaults of :func:`draw_matches` (one comment per key).
 DEFAULT_CONF: dict = {
@@ -86,8 +91,10 @@ def draw_matches(
     gap: int = DEFAULT_CONF["gap"],
     thickness: int = DEFAULT_CONF["thickness"],
     seed: int = DEFAULT_CONF["seed"],
+    verified: bool | None = None,
+    title: str | None = None,
 ) -> np.ndarray:
-    """Both images side by side with a line per match.
+    """Both images side by side with a line per match, under an optional title line.
 
     Args:
         image0: (H0, W0, 3) uint8 RGB (or (H0, W0) gray).
@@ -101,9 +108,14 @@ def draw_matches(
         gap: white columns between the images.
         thickness: line thickness in pixels.
         seed: seed of the subsample.
+        verified: False draws the inliers grey (the pair has no verified model) instead of green;
+            None or True: green.
+        title: a line of text drawn in a white band above the images (red when ``verified`` is
+            False, else dark green), or None for no band.
 
     Returns:
-        (max(h0, h1), w0 + gap + w1, 3) uint8 RGB canvas, h/w after downscaling.
+        (t + max(h0, h1), w0 + gap + w1, 3) uint8 RGB canvas, h/w after downscaling, t the
+        title band's height (0 without a title).
     """
     image0, image1 = _as_rgb(image0, "image0"), _as_rgb(image1, "image1")
     matches, inliers = _check_matches(matches, inliers)
@@ -121,16 +133,30 @@ def draw_matches(
         layers = [(np.ones(len(keep), bool), UNKNOWN_RGB)]
     else:
         kept_inliers = inliers[keep]
-        layers = [(~kept_inliers, OUTLIER_RGB), (kept_inliers, INLIER_RGB)]
+        layers = [(~kept_inliers, OUTLIER_RGB), (kept_inliers, UNVERIFIED_RGB if verified is False else INLIER_RGB)]
     for mask, colour in layers:
         for p0, p1 in zip(points0[mask], points1[mask]):
             a, b = tuple(int(round(v)) for v in p0), tuple(int(round(v)) for v in p1)
             cv2.line(canvas, a, b, colour, thickness, cv2.LINE_AA)
             cv2.circle(canvas, a, thickness + 1, colour, -1, cv2.LINE_AA)
             cv2.circle(canvas, b, thickness + 1, colour, -1, cv2.LINE_AA)
+    if title is not None:
+        canvas = _with_title(canvas, title, TITLE_RGB[verified is not False])
     if out_png is not None:
         write_png(out_png, canvas)
     return canvas
+
+
+def _with_title(canvas: np.ndarray, title: str, colour: tuple[int, int, int]) -> np.ndarray:
+    """``canvas`` (H, W, 3) under a white band (T, W, 3) holding ``title``, shrunk to fit the width."""
+    font, scale, weight = cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1
+    (w, h), base = cv2.getTextSize(title, font, scale, weight)
+    if w > canvas.shape[1] - 8:
+        scale *= (canvas.shape[1] - 8) / w
+        (w, h), base = cv2.getTextSize(title, font, scale, weight)
+    band = np.full((h + base + 10, canvas.shape[1], 3), 255, np.uint8)
+    cv2.putText(band, title, (4, h + 5), font, scale, colour, weight, cv2.LINE_AA)
+    return np.concatenate([band, canvas], axis=0)
 
 
 def write_png(url: str, image: np.ndarray) -> None:

@@ -5,23 +5,42 @@ from __future__ import annotations
 import argparse
 import sys
 
+#: The shipped ConvMixer (matchmill/weights/MODEL_CARD.md), for the CPU-sized net.
+SHIPPED_PUMP = "shipped:pump-convmixer-cpu"
+
+#: The one stderr line of ``viz pyramid`` without ``--weights``.
+RANDOM_WEIGHTS_WARNING = (f"matchmill viz: warning: no --weights: the ConvMixer has seeded random weights, so the maps "
+                          f"show no learned matching; for the shipped ones add --weights {SHIPPED_PUMP}")
+
 
 def register(sub) -> None:
-    viz = sub.add_parser("viz", help="draw the PUMP pyramid for a pixel, or a pair's matches")
+    viz = sub.add_parser("viz", help="draw the PUMP pyramid for a pixel, or a pair's matches",
+                         description="Draw pictures of what the pipeline does: the PUMP correlation pyramid for one "
+                                     "pixel (pyramid), or one pair's matches of a run (matches). "
+                                     "Example: matchmill viz matches demo 'img_a|img_b' --out pair.png")
     kinds = viz.add_subparsers(dest="viz_kind", required=True)
 
-    pyr = kinds.add_parser("pyramid", help="consolidated correlation maps + top-3 per level for one pixel")
+    pyr = kinds.add_parser("pyramid", help="consolidated correlation maps + top-3 per level for one pixel",
+                           description="Draw PUMP's consolidated correlation map and top-3 matches at every pyramid "
+                                       "level for one pixel of image 1. Without --weights the net has seeded random "
+                                       "weights (a warning says so); the shipped ones: --weights "
+                                       "shipped:pump-convmixer-cpu. Example: matchmill viz pyramid a.jpg b.jpg --x 160 "
+                                       "--y 120 --out pyr.png --weights shipped:pump-convmixer-cpu")
     pyr.add_argument("image1")
     pyr.add_argument("image2")
     pyr.add_argument("--x", type=float, required=True, help="pixel of image 1 (original pixels)")
     pyr.add_argument("--y", type=float, required=True)
     pyr.add_argument("--out", required=True, help="output PNG")
     pyr.add_argument("--resize", type=int, default=320, help="long side the images are resized to (default 320)")
-    pyr.add_argument("--weights", default=None, help="ConvMixer weights (default: seeded random init)")
+    pyr.add_argument("--weights", default=None,
+                     help=f"ConvMixer weights, a file or {SHIPPED_PUMP} (default: seeded random init, with a warning)")
     pyr.add_argument("--full-size", action="store_true", help="the paper's width-512 net instead of the CPU-sized one")
     pyr.set_defaults(func=cmd_pyramid)
 
-    mat = kinds.add_parser("matches", help="draw one pair's matches of a run")
+    mat = kinds.add_parser("matches", help="draw one pair's matches of a run",
+                           description="Draw one pair's matches of a run side by side (RANSAC inliers and outliers "
+                                       "in their own colours). Example: matchmill viz matches demo 'img_a|img_b' "
+                                       "--out pair.png")
     mat.add_argument("run_url")
     mat.add_argument("pair_id", help='e.g. "img_a|img_b" (see `matchmill show RUN verify`)')
     mat.add_argument("--out", required=True, help="output PNG")
@@ -56,6 +75,8 @@ def cmd_pyramid(args: argparse.Namespace) -> int:
     sx, sy = small1.shape[1] / image1.shape[1], small1.shape[0] / image1.shape[0]
     x, y = (args.x + 0.5) * sx - 0.5, (args.y + 0.5) * sy - 0.5
     levels = pyramid_levels(net, small1, small2, x, y)
+    if not args.weights:  # after the input checks: bad input stays one line
+        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
     draw_pyramid(small1, small2, x, y, levels, args.out)
     print(f"{args.out}: {len(levels)} levels for pixel ({args.x:g}, {args.y:g})")
     return 0
@@ -67,5 +88,6 @@ def cmd_matches(args: argparse.Namespace) -> int:
 
     counts = draw_pair(args.run_url, args.pair_id, args.out, stage=args.stage, max_lines=args.max_lines)
     inl = "" if counts["inliers"] is None else f", {counts['inliers']} inliers"
-    print(f"{args.out}: {counts['matches']} matches{inl}")
+    flag = {True: ", verified", False: f", UNVERIFIED: {counts['reason']}", None: ""}[counts["verified"]]
+    print(f"{args.out}: {counts['matches']} matches{inl}{flag}")
     return 0

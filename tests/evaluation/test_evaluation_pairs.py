@@ -232,10 +232,11 @@ def test_rescore_verified_reruns_ransac_and_mma_on_the_kept_matches(tmp_path):
               "error": "extract: broken"}
     table = pa.Table.from_pylist([row, failed], schema=VERIFIED)
     conf = {"h_threshold": 2.0, "h_confidence": 0.999, "f_threshold": 1.0, "confidence": 0.9999, "max_iters": 2000,
-            "ransac_seed": 0, "geometry": "auto", "pose_threshold": 0.5, "pose_confidence": 0.99999, "num_cpus": 1}
+            "ransac_seed": 0, "geometry": "auto", "pose_threshold": 0.5, "pose_confidence": 0.99999, "num_cpus": 1,
+            "min_inliers": 15}
     tuned = tune_threshold([scores, None], 20.0)  # 40 matches over 2 pairs -> exactly the inliers
     out = rescore_verified(table, tuned.threshold, conf).to_pylist()
-    assert out[0]["status"] == "ok" and out[0]["num_matches"] == 40
+    assert out[0]["status"] == "ok" and out[0]["num_matches"] == 40 and out[0]["verified"] is True
     assert out[0]["mma"][0] == 1.0 and out[0]["corner_error"] < 0.5
     assert out[1]["status"] == "failed" and out[1]["error"] == "extract: broken"
 

@@ -273,7 +273,8 @@ def test_aggregate_pose_rows_keep_failures_in_denominator():
     for key in ("auc@5", "auc@10", "auc@20", "auc_fdegensac@5", "auc_fdegensac@20"):
         assert m[key] == pytest.approx(1 / 3)
     assert m["num_pairs"] == 3 and m["num_failed"] == 1
-    assert m["mean_matches"] == pytest.approx(20 / 3) and m["mean_inliers"] == pytest.approx(10 / 3)
+    assert m["num_verified"] == 2  # ok rows without a flag count as verified; the failed one does not
+    assert m["mean_matches"] == pytest.approx(10) and m["mean_inliers"] == pytest.approx(5)  # over verified pairs
     assert not any(k.startswith(("mma", "homography")) for k in m)
 
 
@@ -288,7 +289,7 @@ def test_aggregate_records_have_counts():
     records = aggregate_metric_records([verified(1.0), verified(2.0)])
     by_name = {r["metric"]: r for r in records}
     assert by_name["auc@10"]["count"] == 2 and by_name["num_pairs"]["value"] == 2.0
-    assert aggregate_metrics([]) == {"num_pairs": 0.0, "num_failed": 0.0}
+    assert aggregate_metrics([]) == {"num_pairs": 0.0, "num_failed": 0.0, "num_verified": 0}
 
 
 def test_aggregate_thresholds_from_conf_and_rows_without_K():

@@ -271,12 +271,14 @@ def test_pump_corrupted_checkpoint_names_the_key(tmp_path) -> None:
 # ----------------------------------------------------------------------------- Patch2Pix
 
 
-def _patch2pix_checkpoint(state: dict) -> dict:
-    """The dict of utils/train/helper.py save_ckpt (metadata: argparse Namespace, NumPy values)."""
-    cfg = argparse.Namespace(conv_dims=[512, 512], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[512, 256],
-                             feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False, feat_dim=259)
+def _patch2pix_checkpoint(state: dict, change_stride: bool = True, **settings) -> dict:
+    """The dict of utils/train/helper.py save_ckpt (metadata: argparse Namespace, NumPy values);
+    ``settings`` replace entries of the ``regressor_config`` Namespace (the paper's by default)."""
+    cfg = argparse.Namespace(**{**dict(conv_dims=[512, 512], conv_kers=[3, 3], conv_strs=[2, 1], fc_dims=[512, 256],
+                                       feat_comb="pre", psize=[16, 16], pshift=8, panc=8, shared=False, feat_dim=259),
+                                **settings})
     return {"last_epoch": 24, "best_vals": [np.float64(1.2), np.float64(0.8), np.inf, 0.0], "backbone": "ResNet34",
-            "feat_idx": [0, 1, 2, 3], "change_stride": True, "regressor_config": cfg, "state_dict": state,
+            "feat_idx": [0, 1, 2, 3], "change_stride": change_stride, "regressor_config": cfg, "state_dict": state,
             "optim": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
             "lr_scheduler": {"milestones": {5: 1}, "gamma": 0.2, "last_epoch": 24}}
 
@@ -307,12 +309,18 @@ def test_patch2pix_full_checkpoint_feeds_all_three_stages(tmp_path) -> None:
 
 def test_patch2pix_cpu_sized_regressors(tmp_path) -> None:
     official = filled(patch2pix_shapes(conv_dims=(128, 128), fc_dims=(128, 64)))
-    torch.save(_patch2pix_checkpoint(official), tmp_path / "cpu.pth")
+    torch.save(_patch2pix_checkpoint(official, conv_dims=[128, 128], fc_dims=[128, 64]), tmp_path / "cpu.pth")
     net = Patch2Pix(p2p_cpu())
     load_weights(net, tmp_path / "cpu.pth")
     assert assert_landed(net, official, _p2p_key) == len(net.state_dict())
+    # the paper file into the CPU-sized net: its regressor_config names the widths first
     torch.save(_patch2pix_checkpoint(filled(patch2pix_shapes())), tmp_path / "paper.pth")
     msg = _message(lambda: load_weights(Patch2Pix(p2p_cpu()), tmp_path / "paper.pth"))
+    assert msg.startswith(f"{tmp_path / 'paper.pth'}: regressor_config.conv_dims = [512, 512] is not supported"), msg
+    assert "(it builds conv_dims = [128, 128])" in msg and "build it with conv_dims = [512, 512], fc_dims = [512, 256]" in msg
+    # the same tensors without settings (a raw state dict): the keys are named
+    torch.save(filled(patch2pix_shapes()), tmp_path / "raw.pth")
+    msg = _message(lambda: load_weights(Patch2Pix(p2p_cpu()), tmp_path / "raw.pth"))
     assert "Patch2Pix checkpoint" in msg and "regress_mid" in msg, msg
     assert "regress_mid.conv.0.weight -> mid_regressor.convs.0.weight: expected (128, 518, 3, 3), got (512, 518, 3, 3)" in msg
 
@@ -379,7 +387,13 @@ def test_ncnet_checkpoint(tmp_path, name, kernels, channels) -> None:
     assert "ResNet-101" in msg and "NCNet checkpoint" in msg, msg
     if name == "pfpascal":  # PF-Pascal NC layers into the IVD-config NCNet: named, with the conf to use
         msg = _message(lambda: load_weights(NCNet(), path))
-        assert "unexpected keys (2): NeighConsensus.conv.4.bias, NeighConsensus.conv.4.weight" in msg, msg
+        assert msg.startswith(f"{path}: args.ncons_kernel_sizes = [5, 5, 5] is not supported by this NCNet "
+                              f"(it builds nc_kernels = [3, 3])"), msg
+        assert "build it with nc_kernels = [5, 5, 5], nc_channels = [16, 16, 1]" in msg, msg
+        del official["NeighConsensus.conv.4.weight"]  # a file whose args say the IVD net: its tensors decide
+        torch.save(_immatchnet_checkpoint(official, (3, 3), (16, 1)), path)
+        msg = _message(lambda: load_weights(NCNet(), path))
+        assert "unexpected keys (1): NeighConsensus.conv.4.bias" in msg and "ncnet_pfpascal" in msg, msg
 
 
 # ----------------------------------------------------------------------------- torchvision ResNet34

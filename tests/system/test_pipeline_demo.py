@@ -184,9 +184,11 @@ def test_export_command_writes_hloc_files_of_a_real_run(full_run, tmp_path, caps
     _, result, _ = full_run
     assert cli_main(["export", result.run_url, str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "pairs=24" in out
+    rows = read_stage(result.run_url, "verify", columns=["num_inliers", "verified"]).to_pylist()
+    verified = [r["num_inliers"] for r in rows if r["verified"]]  # unverified pairs are not exported
+    assert f"pairs={len(verified)} skipped_failed=0 skipped_unverified={24 - len(verified)} " in out
     # the demo chain is sparse (SIFT + mutual NN + identity refine): native keypoints, every inlier
-    inliers = sum(read_stage(result.run_url, "verify", columns=["num_inliers"]).column("num_inliers").to_pylist())
+    inliers = sum(verified)
     assert "keypoints_from=native" in out and f"matches={inliers} " in out and "kept=1.0" in out
     with h5py.File(tmp_path / "keypoints.h5", "r") as kp, h5py.File(tmp_path / "matches.h5", "r") as mt:
         scene = kp["demo"]

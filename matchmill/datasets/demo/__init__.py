@@ -45,7 +45,14 @@ Modules, each importing only those listed before it:
 - ``rendering``: baked light, shading, :func:`render_view`, photometric changes.
 - ``geometry``: the courtyard layout (:func:`build_scene`) and the cameras.
 - ``colmap_writer``: 3D points, observations, the COLMAP model and the depth maps.
-- ``scene_writer``: :func:`write_demo_scene`, :func:`ensure_demo_scene`, the marker.
+- ``scene_writer``: :func:`write_demo_scene`, :func:`ensure_demo_scene`, the marker; the
+  per-seed world and cameras (``demo_world``) and one image as written (``render_photo``).
+- ``seeds``: the held-out evaluation seeds and :func:`check_held_out` (training refuses them).
+- ``oracle``: ground-truth correspondences of a pair: :class:`View`, :class:`DepthOracle`
+  (rendered views through depth and poses), :class:`HomographyOracle` (synthetic pairs), both in
+  resized frames too.
+- ``view_pairs``: :func:`render_view_pair` / :func:`render_views`: rendered views of a seed with
+  depth and cameras, and their oracle; ``scene_view`` reads one back from a written scene.
 """
 
 from .geometry import build_scene, look_at, make_cameras
@@ -59,18 +66,25 @@ from .scene_writer import (
     read_marker,
     write_demo_scene,
 )
+from .oracle import DepthOracle, HomographyOracle, View
+from .view_pairs import render_view_pair, render_views
 
 __all__ = [
     "DEMO_SCENE_VERSION",
+    "DepthOracle",
+    "HomographyOracle",
     "MARKER_NAME",
     "SFM_GROUPS_NAME",
     "Quad",
     "Scene",
+    "View",
     "build_scene",
     "ensure_demo_scene",
     "look_at",
     "make_cameras",
     "read_marker",
     "render_view",
+    "render_view_pair",
+    "render_views",
     "write_demo_scene",
 ]

@@ -15,6 +15,7 @@ import numpy as np
 
 from .colmap_writer import observe, sample_surface_points, write_colmap_model, write_depth
 from .geometry import build_scene, make_cameras
+from .primitives import Scene
 from .rendering import JPEG_QUALITY, photometric, render_view
 
 
@@ -71,6 +72,34 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def demo_world(seed: int, num_cameras: int, width: int, height: int
+               ) -> tuple[Scene, list[tuple[np.ndarray, np.ndarray]], np.random.Generator]:
+    """The world of scene ``seed`` and its cameras, seeded as :func:`write_demo_scene` seeds them.
+
+    Returns:
+        the :class:`Scene`, ``num_cameras`` (K (3, 3), cam_from_world (4, 4)) and the generator
+        the scene's 3D points are drawn from next.
+    """
+    rng = np.random.default_rng(seed)
+    world = build_scene(np.random.default_rng([seed, 2]))  # own stream: content edits keep the cameras
+    return world, make_cameras(rng, num_cameras, width, height), rng
+
+
+def render_photo(world: Scene, K: np.ndarray, cam_from_world: np.ndarray, seed: int, index: int,
+                 width: int, height: int) -> tuple[bytes, np.ndarray]:
+    """Image ``index`` of scene ``seed`` as written to disk: JPEG bytes (BGR, per-image sunlight,
+    photometric changes and quality) and its (H, W) float32 z-depth (0 = sky)."""
+    sun = np.random.default_rng([seed, index, 2]).uniform(*SUN_RANGE)  # passing clouds
+    rgb, depth = render_view(world, K, cam_from_world, width, height, sun=sun)
+    prng = np.random.default_rng([seed, index, 1])
+    img = photometric(rgb, prng)
+    quality = int(prng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes(), depth
+
+
 def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, width: int = 320,
                      height: int = 240, scene: str = "demo", sfm_groups: list[int] | None = None) -> Path:
     """Render and write the demo scene to ``<out_dir>/<scene>``; returns that folder.
@@ -105,9 +134,7 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
     if final.exists() and read_marker(final) is None:
         raise FileExistsError(f"{final} exists and is not a demo scene written by matchmill")
 
-    rng = np.random.default_rng(seed)
-    world = build_scene(np.random.default_rng([seed, 2]))  # own stream: content edits keep the cameras
-    cams = make_cameras(rng, num_cameras, width, height)
+    world, cams, rng = demo_world(seed, num_cameras, width, height)
     xyz, colors = sample_surface_points(rng, world, NUM_POINTS)
     names = [f"demo_{i:03d}.jpg" for i in range(num_cameras)]
     params = demo_scene_params(seed, num_cameras, width, height, scene, sfm_groups)
@@ -120,15 +147,8 @@ def write_demo_scene(out_dir: str | Path, seed: int = 0, num_cameras: int = 14, 
         visible = np.zeros((num_cameras, len(xyz)), bool)
         xy = np.zeros((num_cameras, len(xyz), 2))
         for i, (K, T) in enumerate(cams):
-            sun = np.random.default_rng([seed, i, 2]).uniform(*SUN_RANGE)  # passing clouds
-            rgb, depth = render_view(world, K, T, width, height, sun=sun)
-            prng = np.random.default_rng([seed, i, 1])
-            img = photometric(rgb, prng)
-            quality = int(prng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if not ok:
-                raise RuntimeError("JPEG encoding failed")
-            (tmp / "images" / names[i]).write_bytes(buf.tobytes())
+            jpeg, depth = render_photo(world, K, T, seed, i, width, height)
+            (tmp / "images" / names[i]).write_bytes(jpeg)
             write_depth(tmp / "depths" / (Path(names[i]).stem + ".h5"), depth)
             visible[i], xy[i] = observe(xyz, K, T, depth)
         groups = None if sfm_groups is None else np.asarray(sfm_groups, np.int64)

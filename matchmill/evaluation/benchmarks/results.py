@@ -35,6 +35,7 @@ BENCH_PAIRS_SCHEMA = pa.schema(
         pa.field("error", pa.string()),  # why the pair failed (stage: message)
         pa.field("num_matches", pa.int64()),  # matches before RANSAC (0 on failed pairs)
         pa.field("num_inliers", pa.int64()),  # RANSAC inliers (0 on failed pairs)
+        pa.field("verified", pa.bool_()),  # verify's flag (>= verify.min_inliers inliers); null in older runs
         pa.field("corner_error", pa.float64()),  # px, homography GT only; inf when failed
         pa.field("pose_error", pa.float64()),  # deg, max(R_err, t_err), OpenCV essential; inf when failed
         pa.field("pose_error_fdegensac", pa.float64()),  # deg, from the pydegensac F; inf when failed
@@ -49,7 +50,7 @@ BENCH_PAIRS_SCHEMA = pa.schema(
 
 _VERIFY_COLUMNS_FOR_PAIRS = [
     "pair_id", "scene", "image0", "image1", "path0", "path1", "status", "error", "num_matches", "num_inliers",
-    "corner_error", "pose_error", "pose_error_fdegensac", "R_err", "t_err", "mma", "overlap",
+    "verified", "corner_error", "pose_error", "pose_error_fdegensac", "R_err", "t_err", "mma", "overlap",
     "T_0to1", "H_0to1", "K0", "K1",
 ]
 
@@ -65,7 +66,8 @@ def _finite_or_inf(value: Any, failed: bool) -> float | None:
 def bench_pairs_table(verified: pa.Table, run_url: str, match_threshold: float | None = None,
                       inline_matches: bool = False) -> pa.Table:
     """``OUT/<method>/pairs.parquet`` rows from a VERIFIED table: failed pairs get inf errors and
-    0 matches in the families their ground truth defines, so the file reads like the metrics.
+    0 matches in the families their ground truth defines, unverified pairs inf pose / corner errors
+    (their MMA kept), so the file reads like the metrics.
 
     ``inline_matches`` adds the ``matches`` ((N, 4), the manifests' type) / ``inliers`` (N) columns (for ``-tuned``
     variants, whose matches are not those of the run folder).
@@ -74,6 +76,7 @@ def bench_pairs_table(verified: pa.Table, run_url: str, match_threshold: float |
     rows = []
     for r in verified.select([c for c in columns if c in verified.column_names]).to_pylist():
         failed = r.get("status") != STATUS_OK
+        no_model = failed or r.get("verified") is False  # an unverified pair counts as a failed estimation
         has_h = r.get("H_0to1") is not None or r.get("corner_error") is not None
         has_pose = r.get("T_0to1") is not None or r.get("pose_error") is not None
         rows.append(
@@ -81,11 +84,12 @@ def bench_pairs_table(verified: pa.Table, run_url: str, match_threshold: float |
                 **{k: r.get(k) for k in ("pair_id", "scene", "image0", "image1", "path0", "path1", "status", "error", "overlap")},
                 "num_matches": int(r.get("num_matches") or 0),
                 "num_inliers": int(r.get("num_inliers") or 0),
-                "corner_error": _finite_or_inf(r.get("corner_error"), failed) if has_h else None,
-                "pose_error": _finite_or_inf(r.get("pose_error"), failed) if has_pose else None,
-                "pose_error_fdegensac": _finite_or_inf(r.get("pose_error_fdegensac"), failed) if has_pose else None,
-                "R_err": _finite_or_inf(r.get("R_err"), failed) if has_pose else None,
-                "t_err": _finite_or_inf(r.get("t_err"), failed) if has_pose else None,
+                "verified": None if failed else r.get("verified"),
+                "corner_error": _finite_or_inf(r.get("corner_error"), no_model) if has_h else None,
+                "pose_error": _finite_or_inf(r.get("pose_error"), no_model) if has_pose else None,
+                "pose_error_fdegensac": _finite_or_inf(r.get("pose_error_fdegensac"), no_model) if has_pose else None,
+                "R_err": _finite_or_inf(r.get("R_err"), no_model) if has_pose else None,
+                "t_err": _finite_or_inf(r.get("t_err"), no_model) if has_pose else None,
                 "mma": ([0.0] * len(MMA_THRESHOLDS) if failed or r.get("mma") is None else list(r["mma"])) if has_h else None,
                 "match_threshold": match_threshold,
                 "run_url": run_url,

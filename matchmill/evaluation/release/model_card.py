@@ -310,7 +310,9 @@ def register(sub: Any) -> None:
     """Add ``card`` to ``matchmill bench``'s subcommands."""
     card = sub.add_parser(
         "card", help="model card: every method preset on every reference dataset + CPU cost, one table",
-        description=(__doc__ or "").split("\n\n")[0])
+        description="Make the model card's accuracy and cost table: every method preset on every reference "
+                    "dataset (missing ones reported as absent) plus each chain's CPU cost, written to OUT/card.md and "
+                    "OUT/card.json. Example: matchmill bench card --out /tmp/card --quick")
     card.add_argument("--out", required=True, help="output folder (card.md, card.json, one bench folder per dataset)")
     card.add_argument("--data", default="../shared/data",
                       help="folder of the reference datasets, read in place (default: ../shared/data); "

@@ -1,6 +1,7 @@
 """Pack a trained net as shipped weights: ``python -m matchmill.evaluation.release.pack SOURCE NAME``.
 
-SOURCE is a weights file, a checkpoint folder or a training run (its ``best/``); NAME one of
+SOURCE is a weights file, a checkpoint folder or a training run (its ``best/``; a bare run name is
+the run under the default storage, :func:`matchmill.config.resolve_run_arg`); NAME one of
 :data:`matchmill.weights.SHIPPED`. Floating-point tensors are stored as fp16 (loading casts them
 back to the module's dtype), integers unchanged; the safetensors metadata records the source, its
 step and validation metric.
@@ -15,6 +16,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 import matchmill.weights as shipped_weights
+from matchmill.config import resolve_run_arg
 from matchmill.manifests.storage import exists, read_bytes
 from matchmill.models.weights import read_state_dict
 from matchmill.training.checkpoints import weights_file
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--out-dir", default=None)
     args = p.parse_args(argv)
-    out = pack(args.source, args.name, args.out_dir)
+    out = pack(resolve_run_arg(args.source), args.name, args.out_dir)
     print(f"{out} ({out.stat().st_size / 2**20:.2f} MB)")
     return 0
 

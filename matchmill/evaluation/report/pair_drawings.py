@@ -1,4 +1,5 @@
-"""Example pairs of the report: the same few pairs drawn for every method (inliers green, outliers red).
+"""Example pairs of the report: the same few pairs drawn for every method (inliers green, outliers red;
+an unverified pair's inliers grey, its caption saying so).
 
 Matches come from the method's per-pair table when it holds ``matches`` / ``inliers`` columns,
 otherwise from the verify stage of the matchmill run folder the bench ran (a ``run_url`` column,
@@ -19,7 +20,7 @@ from matchmill.viz.draw import draw_matches
 from .picture_types import BenchmarkPictures, PairData, Picture, read_run_url
 from .report import MethodReport, slug
 
-_MATCH_COLUMNS = ["pair_id", "path0", "path1", "matches", "inliers"]
+_MATCH_COLUMNS = ["pair_id", "path0", "path1", "matches", "inliers", "verified"]
 
 
 def choose_pairs(pair_ids: list[list[str]], count: int) -> list[str]:
@@ -86,11 +87,14 @@ def _draw_one(row: dict, out_png: str, conf: dict) -> str:
     if inliers is not None and inliers.shape != (len(matches),):
         inliers = None  # a mask that does not fit the matches is not drawn rather than misdrawn
     image0, image1 = load_image(row["path0"]), load_image(row["path1"])
-    draw_matches(image0, image1, matches, inliers, out_png, max_lines=conf["max_lines"], max_side=conf["max_side"])
+    verified = row.get("verified")  # None: a table or run without the flag
+    draw_matches(image0, image1, matches, inliers, out_png, max_lines=conf["max_lines"], max_side=conf["max_side"],
+                 verified=verified)
     shown = min(len(matches), conf["max_lines"])
     counts = f"{len(matches)} matches"
     if inliers is not None:
-        counts += f", {int(inliers.sum())} inliers (green), {int((~inliers).sum())} outliers (red)"
+        colour = "grey: the pair is not verified" if verified is False else "green"
+        counts += f", {int(inliers.sum())} inliers ({colour}), {int((~inliers).sum())} outliers (red)"
     if shown < len(matches):
         counts += f"; {shown} drawn"
     return counts

@@ -46,6 +46,7 @@ DEFAULT_TOLERANCES: dict[str, float] = {
     "mean_matches": 5.0,  # pipeline summary name of the mean match count
     "mean_inliers": 5.0,  # pipeline summary name of the mean inlier count
     "num_failed": 0.0,  # any new failed pair is a regression
+    "num_verified": 0.0,  # any pair that stops being verified (verify.min_inliers) is a regression
     "method_failed": 0.0,  # 1 when the whole method failed in that run (its only row then)
 }
 

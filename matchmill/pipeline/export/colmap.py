@@ -14,7 +14,10 @@ Written through pycolmap's ``Database`` (no hand-written SQL):
   merged across pairs as for the hloc export (:func:`matchmill.geometry.quantize.quantize_matches`,
   ``radius`` px). Shifted by +0.5 to COLMAP's pixel origin;
 - **matches** and **two-view geometries**: verify's inlier matches of each pair (a pair listed
-  both ways is written once), with verify's F (config ``UNCALIBRATED``) or H (``PLANAR``).
+  both ways is written once, a verified listing first), with verify's F (config ``UNCALIBRATED``) or H (``PLANAR``). A pair
+  that is not ``verified`` (fewer than ``verify.min_inliers`` inliers, COLMAP's own
+  ``min_num_inliers`` rule) keeps its row in ``matches`` (COLMAP's raw-matches table) but gets no
+  two-view geometry, as COLMAP's matcher leaves it: the mapper never uses it.
 
 h5py is not involved; sqlite needs a local file, so a remote ``out`` gets the database written
 locally and uploaded with fsspec. Names and sizes are checked before anything is written; the
@@ -44,8 +47,11 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
     """Write ``<out>/database.db`` from a committed verify stage (see the module docstring).
 
     Returns:
-        ``{"images", "keypoints", "keypoints_from", "pairs", "matches", "image_root", "database"}``;
-        ``keypoints_from`` is ``native`` or ``quantized``, and ``note`` says why when quantised.
+        ``{"images", "keypoints", "keypoints_from", "pairs", "matches", "unverified",
+        "skipped_failed", "image_root", "database"}``: ``pairs`` and ``matches`` count the
+        two-view geometries and their inlier matches, ``unverified`` the pairs written to
+        ``matches`` only; ``keypoints_from`` is ``native`` or ``quantized``, and ``note`` says why
+        when quantised.
 
     Raises:
         ExportError: the stage is not committed / has no inlier flags, an image lies outside
@@ -58,7 +64,7 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
 
     if stage != "verify":
         raise ExportError("the COLMAP export needs verify's inliers and two-view geometry: --stage verify")
-    pairs, skipped = load_pairs(run_url, stage, True, float(min_score))
+    pairs, skipped, _ = load_pairs(run_url, stage, True, float(min_score), verified_only=False)
     keypoints, ids, keypoints_from, note = _keypoints(run_url, pairs, float(radius), float(cell), float(min_score))
     rows = read_stage(run_url, stage, columns=["pair_id", "image0", "image1", "path0", "path1", "K0", "K1",
                                                "model", "F_est", "H_est", "status"]).to_pylist()
@@ -96,14 +102,19 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
                 image_ids[image] = db.write_image(pycolmap.Image(name=names[image], camera_id=camera_id))
                 db.write_keypoints(image_ids[image], (np.asarray(keypoints[image], np.float64) + 0.5).astype(np.float32))
             written: set[tuple[int, int]] = set()
-            n_matches = 0
-            for p, m in zip(pairs, ids):
+            n_matches = n_geometries = n_unverified = 0
+            # a pair listed both ways: its verified listing wins (verified listings first, else pair_id order)
+            for k in sorted(range(len(pairs)), key=lambda k: not pairs[k].verified):
+                p, m = pairs[k], ids[k]
                 a, b = image_ids[p.image0], image_ids[p.image1]
                 if (min(a, b), max(a, b)) in written or len(m) == 0:
                     continue
                 written.add((min(a, b), max(a, b)))
                 m = np.asarray(m, np.uint32).reshape(-1, 2)
                 db.write_matches(a, b, m)
+                if not p.verified:
+                    n_unverified += 1
+                    continue
                 tvg = pycolmap.TwoViewGeometry()
                 g = geometry.get(p.pair_id, {})
                 if g.get("model") == "homography" and g.get("H_est") is not None:
@@ -115,11 +126,13 @@ def export_colmap(run_url: str, out: str, image_root: str | None = None, stage: 
                         tvg.F = _colmap_F(np.asarray(g["F_est"], np.float64).reshape(3, 3))
                 tvg.inlier_matches = m
                 db.write_two_view_geometry(a, b, tvg)
+                n_geometries += 1
                 n_matches += len(m)
         finally:
             db.close()
     return {"images": len(image_ids), "keypoints": int(sum(len(k) for k in keypoints.values())),
-            "keypoints_from": keypoints_from, "note": note, "pairs": len(written), "matches": n_matches, "skipped_failed": skipped, "image_root": root,
+            "keypoints_from": keypoints_from, "note": note, "pairs": n_geometries, "matches": n_matches,
+            "unverified": n_unverified, "skipped_failed": skipped, "image_root": root,
             "database": out.rstrip("/") + "/" + DATABASE_FILE}
 
 

@@ -2,7 +2,8 @@
 
 :func:`load_pairs` reads the needed columns of a committed stage (checked against its commit
 marker), skips failed rows, keeps verify's inliers (``inliers_only``) above ``min_score`` and
-returns the pairs in ``pair_id`` order as :class:`ExportPair`; :func:`image_name_map` /
+returns the pairs in ``pair_id`` order as :class:`ExportPair` (unverified pairs -- fewer than
+``verify.min_inliers`` inliers -- left out unless asked for); :func:`image_name_map` /
 :func:`image_names` give each image its exported name (its id, or its path relative to an image
 root) and :func:`check_export_names` refuses names an export cannot hold, before anything is
 written. Image sizes come from :func:`matchmill.manifests.commit.image_sizes`.
@@ -41,13 +42,15 @@ def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
 
 @dataclass
 class ExportPair:
-    """One exported pair: its key, images and filtered (N, 4) matches with (N,) scores."""
+    """One exported pair: its key, images and filtered (N, 4) matches with (N,) scores; ``verified``
+    is the verify row's flag (True for a stage without one)."""
 
     pair_id: str
     image0: str
     image1: str
     matches: np.ndarray
     scores: np.ndarray
+    verified: bool = True
 
 
 def _local_path(url: str) -> str:
@@ -102,8 +105,15 @@ def image_name_map(run_url: str, stage: str, pairs: list[ExportPair], image_root
     return names
 
 
-def load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) -> tuple[list[ExportPair], int]:
-    """Read the needed columns of a committed stage; filter matches; skip failed rows."""
+def load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float,
+               verified_only: bool | None = None) -> tuple[list[ExportPair], int, int]:
+    """Read the needed columns of a committed stage; filter matches; skip failed rows.
+
+    ``verified_only`` (default: ``inliers_only``) also skips the rows whose ``verified`` flag is
+    false (a row without the flag, from a run made before it, counts as verified): their
+    inliers are no two-view geometry. Returns ``(pairs, failed rows skipped, unverified rows
+    skipped)``."""
+    verified_only = inliers_only if verified_only is None else verified_only
     try:
         spec = get_stage(stage)
     except KeyError as exc:
@@ -131,6 +141,7 @@ def load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) -
         )
 
     columns = ["pair_id", "image0", "image1", "status", "matches", "scores"] + (["inliers"] if inliers_only else [])
+    columns += ["verified"] if "verified" in schema.names else []
     table = read_stage(run_url, stage, spec.manifest, columns=columns)
     if table.num_rows != commit.rows:
         raise ExportError(
@@ -146,6 +157,7 @@ def load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) -
     table = table.take(order)
 
     pairs: list[ExportPair] = []
+    skipped_unverified = 0
     seen: dict[str, str] = {}
     cols = {name: table.column(name).to_pylist() for name in columns if name not in ("status", "matches")}
     matches_col = matches_rows(table.column("matches"))
@@ -158,6 +170,10 @@ def load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) -
                 f"hloc key {key!r} (duplicate pair, or image ids differing only in '/' vs '-')"
             )
         seen[key] = pair_id
+        verified = cols["verified"][r] is not False if "verified" in cols else True  # null: a run before the flag
+        if verified_only and not verified:
+            skipped_unverified += 1
+            continue
         matches = np.zeros((0, 4)) if matches_col[r] is None else np.asarray(matches_col[r], np.float64)
         n = len(matches)
         raw_scores = cols["scores"][r]
@@ -178,5 +194,5 @@ def load_pairs(run_url: str, stage: str, inliers_only: bool, min_score: float) -
         matches, scores = matches[keep], scores[keep]
         if not (np.isfinite(matches).all() and np.isfinite(scores).all()):
             raise ExportError(f"pair {pair_id!r}: non-finite match coordinates or scores")
-        pairs.append(ExportPair(pair_id, image0, image1, matches, scores))
-    return pairs, skipped_failed
+        pairs.append(ExportPair(pair_id, image0, image1, matches, scores, verified))
+    return pairs, skipped_failed, skipped_unverified

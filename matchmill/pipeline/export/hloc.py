@@ -27,8 +27,11 @@ Layout (hloc's, see ``docs/specs/anchors.md`` A1):
     order; hloc's ``find_pair`` also finds them reversed.
 
 Which matches: by default verify's RANSAC inliers (``inliers_only=True``; what triangulation and
-localisation want, and what the COLMAP export writes), then ``min_score``; ``--all-matches``
-keeps the outliers too.
+localisation want, and what the COLMAP export writes) of the *verified* pairs only (a model with
+at least ``verify.min_inliers`` inliers; an unverified pair's inliers are no two-view geometry, so
+the pair is left out of ``matches.h5`` and ``pairs.txt`` and counted in ``skipped_unverified``),
+then ``min_score``; ``--all-matches`` exports every ok pair's raw matches, outliers and
+unverified pairs included (hloc verifies them itself).
 
 Pixel convention. Manifests hold original-image pixels with the top-left pixel centre at (0, 0)
 (OpenCV). hloc's feature files use that same convention: hloc's own extractors rescale with
@@ -59,7 +62,7 @@ Keypoints (``keypoints=``):
   :func:`matchmill.geometry.quantize.quantize_matches` (points closer than ``radius`` px become
   one keypoint at their mean; per pair the id matches are made one-to-one), so pairs share
   keypoint ids -- what COLMAP triangulation needs to build tracks longer than two views; merges
-  that collide inside a pair drop matches (the demo's SIFT chain keeps ~80 % of its inliers).
+  that collide inside a pair drop matches (the demo's SIFT chain keeps ~89 % of its inliers).
   With ``quantize=False`` every match of every pair gets its own two keypoints, appended per
   image in pair order; nothing is merged, so no track spans more than one pair.
   ``quantize``, ``radius`` and ``cell`` apply to this path only.
@@ -169,7 +172,8 @@ def export_hloc(
             that are not an export's; see :mod:`.output`).
 
     Returns:
-        ``{"pairs": exported pairs, "skipped_failed": failed rows skipped, "images": images in
+        ``{"pairs": exported pairs, "skipped_failed": failed rows skipped, "skipped_unverified":
+        unverified rows skipped (``inliers_only`` only), "images": images in
         keypoints.h5, "keypoints": total keypoints, "matches": total exported matches,
         "keypoints_from": "native" | "quantized" | "per-pair", "input_matches": matches selected
         for export (inliers, after ``min_score``), "kept": matches / input_matches (1.0 when
@@ -191,7 +195,7 @@ def export_hloc(
         raise ExportError(f"radius must be a positive number of pixels, got {radius}")
     cell = max(float(cell), float(radius))
 
-    pairs, skipped_failed = load_pairs(run_url, stage, inliers_only, float(min_score))
+    pairs, skipped_failed, skipped_unverified = load_pairs(run_url, stage, inliers_only, float(min_score))
     names = image_name_map(run_url, stage, pairs, image_root)
     check_export_names(pairs, names, pairs_txt=True)
     with ExportOutput(out, "hloc", run_url, stage, overwrite=overwrite) as folder:
@@ -199,7 +203,8 @@ def export_hloc(
                                radius=radius, cell=cell, min_score=min_score, coordinates=coordinates,
                                keypoints=keypoints)
     summary["skipped_failed"] = skipped_failed
-    return {k: summary[k] for k in ("pairs", "skipped_failed", "images", "keypoints", "matches", "keypoints_from",
+    summary["skipped_unverified"] = skipped_unverified
+    return {k: summary[k] for k in ("pairs", "skipped_failed", "skipped_unverified", "images", "keypoints", "matches", "keypoints_from",
                                     "input_matches", "kept", "note")}
 
 

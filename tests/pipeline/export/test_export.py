@@ -97,7 +97,7 @@ def test_quantized_export_shares_keypoints_across_pairs(tmp_path):
     run = make_run(f"file://{tmp_path}/store")
     out = tmp_path / "hloc"
     summary = export_hloc(run, str(out))
-    assert summary == {"pairs": 2, "skipped_failed": 1, "images": 3, "keypoints": 3 + 4 + 3, "matches": 6,
+    assert summary == {"pairs": 2, "skipped_failed": 1, "skipped_unverified": 0, "images": 3, "keypoints": 3 + 4 + 3, "matches": 6,
                        "keypoints_from": "quantized", "input_matches": 6, "kept": 1.0,
                        "note": "the run has no committed extract stage"}
 
